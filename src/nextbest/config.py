@@ -1,0 +1,153 @@
+"""Workspace configuration: ``nextbest.toml`` read into pydantic models.
+
+Unknown keys are errors that name the key, so a typo never turns silently into a default::
+
+    [workspace]
+    name = "my-shop"
+
+    [warehouse]
+    backend = "duckdb"            # the only backend wired up today; queries are Ibis
+    path = "warehouse.duckdb"     # relative to the workspace
+
+    [ingest]
+    batch_rows = 250000           # rows read and validated at a time
+    default_timezone = "UTC"      # for timestamps without an offset; unset: such rows are rejected
+    reports = "reports"           # where load reports are written
+
+    [ingest.mappings.shop_orders]   # use with: nextbest ingest orders.csv --format shop_orders
+    table = "events"
+    file_type = "csv"
+    delimiter = ";"
+    columns = { order_no = "event_id", client = "customer_id", paid_at = "ts", total = "amount" }
+    constants = { type = "purchase" }
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nextbest.errors import ConfigError
+
+__all__ = [
+    "CONFIG_FILE",
+    "Config",
+    "IngestConfig",
+    "Mapping",
+    "WarehouseConfig",
+    "WorkspaceConfig",
+    "default_config_text",
+    "find_workspace",
+    "load_config",
+]
+
+CONFIG_FILE = "nextbest.toml"
+WORKSPACE_ENV = "NEXTBEST_WORKSPACE"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkspaceConfig(_Strict):
+    name: str = "nextbest"
+
+
+class WarehouseConfig(_Strict):
+    backend: Literal["duckdb"] = "duckdb"
+    path: str = "warehouse.duckdb"
+
+
+class Mapping(_Strict):
+    """How a retailer's own file layout maps onto a canonical table."""
+
+    table: Literal["customers", "products", "offers", "decisions", "events"]
+    file_type: Literal["csv", "parquet", "jsonl"] = "csv"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    columns: dict[str, str] = Field(default_factory=dict)
+    constants: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        from nextbest.data.schema import TABLES
+
+        known = {c for t in TABLES.values() for c in t.column_names}
+        for source, target in value.items():
+            if target not in known:
+                raise ValueError(
+                    f"column {source!r} maps to {target!r}, which is no canonical column"
+                )
+        return value
+
+
+class IngestConfig(_Strict):
+    batch_rows: int = Field(250_000, ge=1)
+    default_timezone: str | None = None
+    reports: str = "reports"
+    mappings: dict[str, Mapping] = Field(default_factory=dict)
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}, e.g. 'UTC'") from None
+        return value
+
+
+class Config(_Strict):
+    workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
+    warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+
+def default_config_text(name: str) -> str:
+    """The nextbest.toml that ``nextbest init`` writes."""
+    return (
+        "# nextbest workspace configuration; unknown keys are errors.\n"
+        f'[workspace]\nname = "{name}"\n\n'
+        '[warehouse]\nbackend = "duckdb"\npath = "warehouse.duckdb"\n\n'
+        "[ingest]\nbatch_rows = 250000\n"
+        '# default_timezone = "UTC"   # for timestamps without an offset\n'
+        'reports = "reports"\n'
+    )
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a nextbest.toml; errors name the file and the key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found; run 'nextbest init {path.parent}' to create a workspace"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                got = err.get("input")
+                problems.append(f"'{key}': {err['msg']} (got {got!r})")
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+
+
+def find_workspace(explicit: Path | None) -> Path:
+    """The workspace folder: the one given, else $NEXTBEST_WORKSPACE, else the current one."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(WORKSPACE_ENV)
+    return Path(env) if env else Path.cwd()

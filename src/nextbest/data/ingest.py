@@ -1,0 +1,406 @@
+"""Loading files into the warehouse: validated, idempotent, all-or-nothing per file.
+
+For each file (or dataset folder) the pipeline:
+
+1. skips it whole if the same content was already loaded in the same format (by SHA-256);
+2. streams it through its reader in batches and validates every row against the table's
+   contract (:mod:`nextbest.data.validate`); rejected rows go to the ``quarantine`` table;
+3. stages the good rows, then, table by table in load order, quarantines duplicate ids within
+   the file, rows that refer to unknown customers, products, offers or decisions, and rows whose
+   id is already in the warehouse with different values; rows already there unchanged are
+   counted as skipped;
+4. inserts the rest, and records the load in ``loads``.
+
+Steps 2 to 4 run in one transaction: a failure leaves the warehouse as it was. For every table
+``read == loaded + quarantined + skipped``: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from nextbest.config import IngestConfig
+from nextbest.data.schema import LOAD_ORDER, TABLES, contract
+from nextbest.data.sources import (
+    Batch,
+    ReadOptions,
+    Reject,
+    read_csv,
+    read_jsonl,
+    read_parquet,
+)
+from nextbest.data.validate import received, validate
+from nextbest.data.warehouse import BOOKKEEPING, Warehouse
+from nextbest.errors import DataError
+from nextbest.progress import NullReporter, Reporter
+
+__all__ = ["LoadResult", "TableCounts", "expand_paths", "ingest", "ingest_path"]
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[Path, ReadOptions], Iterator[Batch]]
+
+_GENERIC: dict[str, Callable[[Path, str, ReadOptions], Iterator[Batch]]] = {
+    "csv": read_csv,
+    "parquet": read_parquet,
+    "jsonl": read_jsonl,
+}
+_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
+             ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_KEEP_PROBLEMS = 20
+
+
+@dataclass
+class TableCounts:
+    """What happened to one table's rows in one load."""
+
+    read: int = 0
+    loaded: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class LoadResult:
+    """The outcome of loading one file: counts per table and the first problems found."""
+
+    source: str
+    format: str
+    status: str
+    load_id: str | None = None
+    tables: dict[str, TableCounts] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    message: str = ""
+    report: str | None = None
+
+    def total(self, what: str) -> int:
+        return sum(getattr(c, what) for c in self.tables.values())
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def expand_paths(paths: Sequence[Path], fmt: str | None) -> list[Path]:
+    """Folders without a format stand for the canonical files inside them, in load order."""
+    out: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+        if path.is_dir() and fmt is None:
+            found = [p for p in sorted(path.iterdir()) if p.suffix in _SUFFIXES and _table_of(p)]
+            if not found:
+                raise DataError(
+                    f"{path}: no canonical files (customers, products, offers, decisions, "
+                    "events as .csv, .parquet or .jsonl) in this folder; pass --format for a "
+                    "dataset folder"
+                )
+            found.sort(key=lambda p: LOAD_ORDER.index(_table_of(p) or "events"))
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def ingest(
+    warehouse: Warehouse,
+    paths: Sequence[Path],
+    config: IngestConfig,
+    *,
+    fmt: str | None = None,
+    table: str | None = None,
+    delimiter: str | None = None,
+    reports: Path | None = None,
+    reporter: Reporter | None = None,
+) -> list[LoadResult]:
+    """Load every path; a file that fails is reported and the others still load."""
+    results = []
+    for path in expand_paths(paths, fmt):
+        try:
+            result = ingest_path(
+                warehouse, path, config, fmt=fmt, table=table, delimiter=delimiter,
+                reporter=reporter,
+            )
+        except DataError as exc:
+            result = LoadResult(str(path), fmt or "auto", "failed", message=str(exc))
+        if reports is not None and result.status != "already loaded":
+            result.report = str(_write_report(warehouse, result, reports))
+        results.append(result)
+    return results
+
+
+def ingest_path(
+    warehouse: Warehouse,
+    path: Path,
+    config: IngestConfig,
+    *,
+    fmt: str | None = None,
+    table: str | None = None,
+    delimiter: str | None = None,
+    reporter: Reporter | None = None,
+) -> LoadResult:
+    """Load one file or dataset folder, all or nothing. Raises DataError if it cannot be read."""
+    reporter = reporter or NullReporter()
+    reader, name, options = _resolve(path, fmt, table, delimiter, config)
+    digest = _sha256(path)
+    loads = warehouse.table("loads")
+    before = loads.filter((loads.sha256 == digest) & (loads.format == name)).to_pyarrow()
+    if before.num_rows:
+        first = before.to_pylist()[0]
+        return LoadResult(
+            str(path), name, "already loaded", first["load_id"],
+            message=f"same content already loaded on {first['finished_ts']:%Y-%m-%d %H:%M} UTC "
+            f"as load {first['load_id']}; nothing added",
+        )
+    started = datetime.now(UTC)
+    load_id = f"{started:%Y%m%dT%H%M%S}-{digest[:10]}"
+    result = LoadResult(str(path), name, "loaded", load_id)
+    staged: set[str] = set()
+    with warehouse.transaction():
+        reporter.start(None, f"reading {path.name}")
+        try:
+            for batch in reader(path, options):
+                _stage_batch(warehouse, batch, result, staged, options, load_id)
+                reporter.advance(batch.data.num_rows + len(batch.rejects))
+        finally:
+            reporter.finish()
+        for name_ in LOAD_ORDER:
+            if name_ in staged:
+                _finalise(warehouse, name_, result, load_id)
+        warehouse.insert(
+            "loads",
+            pa.table(
+                {
+                    "load_id": [load_id], "source": [str(path)], "sha256": [digest],
+                    "format": [name], "started_ts": [started],
+                    "finished_ts": [datetime.now(UTC)],
+                    "rows_read": [result.total("read")], "rows_loaded": [result.total("loaded")],
+                    "rows_quarantined": [result.total("quarantined")],
+                    "rows_skipped": [result.total("skipped")],
+                    "tables": [",".join(result.tables)],
+                },
+                schema=_arrow_schema(BOOKKEEPING["loads"]),
+            ),
+        )
+    log.info("loaded %s: %s", path, result.tables)
+    return result
+
+
+def _resolve(
+    path: Path, fmt: str | None, table: str | None, delimiter: str | None, config: IngestConfig
+) -> tuple[Reader, str, ReadOptions]:
+    """The reader for a path, its format's name, and the options to read it with."""
+    base = {"batch_rows": config.batch_rows, "default_timezone": config.default_timezone}
+    if delimiter:
+        base["delimiter"] = delimiter
+    if fmt in config.mappings:
+        mapping = config.mappings[fmt]
+        options = ReadOptions(
+            **{**base, "delimiter": delimiter or mapping.delimiter},
+            rename=dict(mapping.columns), constants=dict(mapping.constants),
+        )
+        generic = _GENERIC[mapping.file_type]
+        return (lambda p, o: generic(p, mapping.table, o)), fmt, options
+    options = ReadOptions(**base)
+    if fmt is None or fmt in _GENERIC:
+        kind = fmt or _SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise DataError(
+                f"{path}: cannot tell the format from the suffix {path.suffix!r}; expected "
+                f".csv, .parquet or .jsonl, or pass --format"
+            )
+        target = table or _table_of(path)
+        if target is None:
+            raise DataError(
+                f"{path}: cannot tell the table from the file name; name it after a canonical "
+                f"table ({', '.join(LOAD_ORDER)}) or pass --table"
+            )
+        contract(target)
+        generic = _GENERIC[kind]
+        return (lambda p, o: generic(p, target, o)), kind, options
+    from nextbest.data.formats import FORMATS
+
+    if fmt not in FORMATS:
+        known = ", ".join([*_GENERIC, *sorted(FORMATS), *sorted(config.mappings)])
+        raise DataError(f"unknown format {fmt!r}: expected one of {known}")
+    return FORMATS[fmt], fmt, options
+
+
+def _table_of(path: Path) -> str | None:
+    stem = path.name.split(".")[0].lower()
+    for name in LOAD_ORDER:
+        if stem == name or stem.startswith(name + "_") or stem.startswith(name + "-"):
+            return name
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _arrow_schema(schema: dict[str, ibis.DataType]) -> pa.Schema:
+    return ibis.schema(schema).to_pyarrow()
+
+
+def _stage_batch(
+    warehouse: Warehouse,
+    batch: Batch,
+    result: LoadResult,
+    staged: set[str],
+    options: ReadOptions,
+    load_id: str,
+) -> None:
+    spec = contract(batch.table)
+    counts = result.tables.setdefault(batch.table, TableCounts())
+    counts.read += batch.data.num_rows + len({r.line for r in batch.rejects})
+    counts.quarantined += len({r.line for r in batch.rejects})
+    if batch.data.num_rows == 0 and not batch.rejects:
+        return
+    valid = validate(batch, spec, options.default_timezone) if batch.data.num_rows else None
+    rejects = list(batch.rejects)
+    if valid is not None:
+        counts.quarantined += valid.rows_rejected
+        rejects += valid.rejects
+        if batch.table not in staged:
+            warehouse.create_temp(f"_stage_{batch.table}", {**spec.ibis_schema(), "_line": "int64"})
+            staged.add(batch.table)
+        if valid.data.num_rows:
+            data = valid.data.append_column("_line", pa.array(valid.lines, pa.int64()))
+            warehouse.insert(f"_stage_{batch.table}", data)
+    _quarantine(warehouse, rejects, load_id, result)
+
+
+def _quarantine(
+    warehouse: Warehouse, rejects: list[Reject], load_id: str, result: LoadResult
+) -> None:
+    if not rejects:
+        return
+    now = datetime.now(UTC)
+    room = _KEEP_PROBLEMS - len(result.problems)
+    result.problems.extend(r.message() for r in rejects[: max(room, 0)])
+    warehouse.insert(
+        "quarantine",
+        pa.table(
+            {
+                "load_id": [load_id] * len(rejects),
+                "source": [r.source for r in rejects],
+                "line": pa.array([r.line for r in rejects], pa.int64()),
+                "table_name": [r.table for r in rejects],
+                "field": [r.field for r in rejects],
+                "expected": [r.expected for r in rejects],
+                "received": [r.received for r in rejects],
+                "row": [r.row for r in rejects],
+                "ts": [now] * len(rejects),
+            },
+            schema=_arrow_schema(BOOKKEEPING["quarantine"]),
+        ),
+    )
+
+
+def _finalise(warehouse: Warehouse, name: str, result: LoadResult, load_id: str) -> None:
+    """Set-level checks on a staged table, then insert what passes."""
+    spec = TABLES[name]
+    key = spec.key
+    cols = list(spec.column_names)
+    counts = result.tables[name]
+    source = result.source
+    stage = warehouse.table(f"_stage_{name}")
+    ranked = stage.mutate(
+        _rn=ibis.row_number().over(group_by=stage[key], order_by=stage._line),
+        _first=stage._line.min().over(group_by=stage[key]),
+    )
+    dups = ranked.filter(ranked._rn > 0)
+    counts.quarantined += _set_rejects(
+        warehouse, dups, name, key, f"a unique {key}", load_id, result, source,
+        lambda row: f"{received(row[key])}, already used at line {row['_first']}",
+    )
+    rest: ir.Table = ranked.filter(ranked._rn == 0).select(*cols, "_line")
+    for col in spec.columns:
+        if col.ref is None:
+            continue
+        known = warehouse.table(col.ref)[TABLES[col.ref].key]
+        unknown = rest[col.name].notnull() & ~rest[col.name].isin(known)
+        counts.quarantined += _set_rejects(
+            warehouse, rest.filter(unknown), name, col.name,
+            f"the id of a known {col.ref[:-1]} (in {col.ref})", load_id, result, source,
+            lambda row, c=col.name: received(row[c]),
+        )
+        rest = rest.filter(~unknown)
+    clean_name = f"_clean_{name}"
+    warehouse.con.create_table(clean_name, obj=rest, temp=True, overwrite=True)
+    clean = warehouse.table(clean_name)
+    target = warehouse.table(name)
+    joined = clean.inner_join(target, key, rname="{name}__old")
+    differs = ibis.or_(*[~joined[c].identical_to(joined[f"{c}__old"]) for c in cols if c != key])
+    counts.quarantined += _set_rejects(
+        warehouse, joined.filter(differs).select(*cols, "_line"), name, key,
+        f"a new {key}, or exactly the values already loaded", load_id, result, source,
+        lambda row: f"{received(row[key])}, already in the warehouse with other values",
+    )
+    counts.skipped += int(joined.filter(~differs).count().execute())
+    fresh = clean.anti_join(target, key).select(*cols)
+    counts.loaded += int(fresh.count().execute())
+    warehouse.insert(name, fresh)
+    warehouse.drop(clean_name)
+    warehouse.drop(f"_stage_{name}")
+
+
+def _set_rejects(
+    warehouse: Warehouse,
+    expr: ir.Table,
+    table: str,
+    field_name: str,
+    expected: str,
+    load_id: str,
+    result: LoadResult,
+    source: str,
+    describe: Callable[[dict[str, object]], str],
+) -> int:
+    rows = expr.to_pyarrow().to_pylist()
+    if not rows:
+        return 0
+    rejects = []
+    for row in rows:
+        shown = {k: v for k, v in row.items() if not k.startswith("_")}
+        rejects.append(
+            Reject(source, int(row["_line"]), table, field_name, expected, describe(row),
+                   json.dumps(shown, default=str, ensure_ascii=False))
+        )
+    rejects.sort(key=lambda r: r.line or 0)
+    _quarantine(warehouse, rejects, load_id, result)
+    return len(rows)
+
+
+def _write_report(warehouse: Warehouse, result: LoadResult, folder: Path) -> Path:
+    """A JSON report of one load: counts per table and quarantine counts by field."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = result.load_id or f"failed-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+    report: dict[str, object] = result.to_dict()
+    if result.load_id:
+        q = warehouse.table("quarantine")
+        q = q.filter(q.load_id == result.load_id)
+        by_field = (
+            q.group_by(["table_name", "field", "expected"]).aggregate(rows=q.count())
+            .order_by(ibis.desc("rows")).to_pyarrow().to_pylist()
+        )
+        report["quarantine_by_field"] = by_field
+    path = folder / f"load-{name}.json"
+    path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return path

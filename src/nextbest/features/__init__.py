@@ -1,0 +1,5 @@
+"""features stage of nextbest."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

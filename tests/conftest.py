@@ -1,0 +1,28 @@
+"""Shared fixtures: seeded, and session-scoped where they are expensive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nextbest.data.workspace import Workspace
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or a skip with the reason when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"public datasets not found at {SHARED_DATA} (../shared/data is absent)")
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    ws = Workspace.init(tmp_path / "ws")
+    yield ws
+    ws.close()
