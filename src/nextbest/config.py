@@ -72,19 +72,6 @@ class Mapping(_Strict):
     columns: dict[str, str] = Field(default_factory=dict)
     constants: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("columns")
-    @classmethod
-    def _known_targets(cls, value: dict[str, str]) -> dict[str, str]:
-        from nextbest.data.schema import TABLES
-
-        known = {c for t in TABLES.values() for c in t.column_names}
-        for source, target in value.items():
-            if target not in known:
-                raise ValueError(
-                    f"column {source!r} maps to {target!r}, which is no canonical column"
-                )
-        return value
-
 
 class IngestConfig(_Strict):
     batch_rows: int = Field(250_000, ge=1)

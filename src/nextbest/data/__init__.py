@@ -1,5 +1,22 @@
-"""data stage of nextbest."""
+"""Data stage: the contract, the warehouse, and validated, idempotent ingestion."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from nextbest.data.ingest import LoadResult, ingest
+from nextbest.data.schema import TABLES, TableContract, contract
+from nextbest.data.sources import Batch, ReadOptions, Reject
+from nextbest.data.warehouse import Warehouse
+from nextbest.data.workspace import Workspace
+
+__all__ = [
+    "TABLES",
+    "Batch",
+    "LoadResult",
+    "ReadOptions",
+    "Reject",
+    "TableContract",
+    "Warehouse",
+    "Workspace",
+    "contract",
+    "ingest",
+]

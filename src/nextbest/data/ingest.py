@@ -55,8 +55,15 @@ _GENERIC: dict[str, Callable[[Path, str, ReadOptions], Iterator[Batch]]] = {
     "parquet": read_parquet,
     "jsonl": read_jsonl,
 }
-_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
-             ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
 _KEEP_PROBLEMS = 20
 
 
@@ -127,7 +134,12 @@ def ingest(
     for path in expand_paths(paths, fmt):
         try:
             result = ingest_path(
-                warehouse, path, config, fmt=fmt, table=table, delimiter=delimiter,
+                warehouse,
+                path,
+                config,
+                fmt=fmt,
+                table=table,
+                delimiter=delimiter,
                 reporter=reporter,
             )
         except DataError as exc:
@@ -157,7 +169,10 @@ def ingest_path(
     if before.num_rows:
         first = before.to_pylist()[0]
         return LoadResult(
-            str(path), name, "already loaded", first["load_id"],
+            str(path),
+            name,
+            "already loaded",
+            first["load_id"],
             message=f"same content already loaded on {first['finished_ts']:%Y-%m-%d %H:%M} UTC "
             f"as load {first['load_id']}; nothing added",
         )
@@ -180,10 +195,14 @@ def ingest_path(
             "loads",
             pa.table(
                 {
-                    "load_id": [load_id], "source": [str(path)], "sha256": [digest],
-                    "format": [name], "started_ts": [started],
+                    "load_id": [load_id],
+                    "source": [str(path)],
+                    "sha256": [digest],
+                    "format": [name],
+                    "started_ts": [started],
                     "finished_ts": [datetime.now(UTC)],
-                    "rows_read": [result.total("read")], "rows_loaded": [result.total("loaded")],
+                    "rows_read": [result.total("read")],
+                    "rows_loaded": [result.total("loaded")],
                     "rows_quarantined": [result.total("quarantined")],
                     "rows_skipped": [result.total("skipped")],
                     "tables": [",".join(result.tables)],
@@ -204,9 +223,18 @@ def _resolve(
         base["delimiter"] = delimiter
     if fmt in config.mappings:
         mapping = config.mappings[fmt]
+        spec = contract(mapping.table)
+        for source, target in mapping.columns.items():
+            if target not in spec.column_names:
+                raise DataError(
+                    f"nextbest.toml: ingest.mappings.{fmt}.columns maps {source!r} to "
+                    f"{target!r}, which is no column of {mapping.table}; expected one of "
+                    f"{', '.join(spec.column_names)}"
+                )
         options = ReadOptions(
             **{**base, "delimiter": delimiter or mapping.delimiter},
-            rename=dict(mapping.columns), constants=dict(mapping.constants),
+            rename=dict(mapping.columns),
+            constants=dict(mapping.constants),
         )
         generic = _GENERIC[mapping.file_type]
         return (lambda p, o: generic(p, mapping.table, o)), fmt, options
@@ -328,7 +356,14 @@ def _finalise(warehouse: Warehouse, name: str, result: LoadResult, load_id: str)
     )
     dups = ranked.filter(ranked._rn > 0)
     counts.quarantined += _set_rejects(
-        warehouse, dups, name, key, f"a unique {key}", load_id, result, source,
+        warehouse,
+        dups,
+        name,
+        key,
+        f"a unique {key}",
+        load_id,
+        result,
+        source,
         lambda row: f"{received(row[key])}, already used at line {row['_first']}",
     )
     rest: ir.Table = ranked.filter(ranked._rn == 0).select(*cols, "_line")
@@ -338,8 +373,14 @@ def _finalise(warehouse: Warehouse, name: str, result: LoadResult, load_id: str)
         known = warehouse.table(col.ref)[TABLES[col.ref].key]
         unknown = rest[col.name].notnull() & ~rest[col.name].isin(known)
         counts.quarantined += _set_rejects(
-            warehouse, rest.filter(unknown), name, col.name,
-            f"the id of a known {col.ref[:-1]} (in {col.ref})", load_id, result, source,
+            warehouse,
+            rest.filter(unknown),
+            name,
+            col.name,
+            f"the id of a known {col.ref[:-1]} (in {col.ref})",
+            load_id,
+            result,
+            source,
             lambda row, c=col.name: received(row[c]),
         )
         rest = rest.filter(~unknown)
@@ -350,8 +391,14 @@ def _finalise(warehouse: Warehouse, name: str, result: LoadResult, load_id: str)
     joined = clean.inner_join(target, key, rname="{name}__old")
     differs = ibis.or_(*[~joined[c].identical_to(joined[f"{c}__old"]) for c in cols if c != key])
     counts.quarantined += _set_rejects(
-        warehouse, joined.filter(differs).select(*cols, "_line"), name, key,
-        f"a new {key}, or exactly the values already loaded", load_id, result, source,
+        warehouse,
+        joined.filter(differs).select(*cols, "_line"),
+        name,
+        key,
+        f"a new {key}, or exactly the values already loaded",
+        load_id,
+        result,
+        source,
         lambda row: f"{received(row[key])}, already in the warehouse with other values",
     )
     counts.skipped += int(joined.filter(~differs).count().execute())
@@ -380,8 +427,15 @@ def _set_rejects(
     for row in rows:
         shown = {k: v for k, v in row.items() if not k.startswith("_")}
         rejects.append(
-            Reject(source, int(row["_line"]), table, field_name, expected, describe(row),
-                   json.dumps(shown, default=str, ensure_ascii=False))
+            Reject(
+                source,
+                int(row["_line"]),
+                table,
+                field_name,
+                expected,
+                describe(row),
+                json.dumps(shown, default=str, ensure_ascii=False),
+            )
         )
     rejects.sort(key=lambda r: r.line or 0)
     _quarantine(warehouse, rejects, load_id, result)
@@ -397,8 +451,11 @@ def _write_report(warehouse: Warehouse, result: LoadResult, folder: Path) -> Pat
         q = warehouse.table("quarantine")
         q = q.filter(q.load_id == result.load_id)
         by_field = (
-            q.group_by(["table_name", "field", "expected"]).aggregate(rows=q.count())
-            .order_by(ibis.desc("rows")).to_pyarrow().to_pylist()
+            q.group_by(["table_name", "field", "expected"])
+            .aggregate(rows=q.count())
+            .order_by(ibis.desc("rows"))
+            .to_pyarrow()
+            .to_pylist()
         )
         report["quarantine_by_field"] = by_field
     path = folder / f"load-{name}.json"

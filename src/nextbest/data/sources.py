@@ -129,8 +129,13 @@ def read_csv(path: Path, table: str, options: ReadOptions) -> Iterator[Batch]:
             line += len(chunk)
             filled = [i for i, text in enumerate(chunk) if text.strip()]
             yield _parse_chunk(
-                header_bytes, [chunk[i] for i in filled], numbers[filled], table, source,
-                column_types, options,
+                header_bytes,
+                [chunk[i] for i in filled],
+                numbers[filled],
+                table,
+                source,
+                column_types,
+                options,
             )
 
 
@@ -209,12 +214,11 @@ def read_jsonl(path: Path, table: str, options: ReadOptions) -> Iterator[Batch]:
         keys: dict[str, None] = {}
         for r in rows:
             keys.update(dict.fromkeys(r))
-        cols = {
-            k: pa.array([_jsonl_value(r.get(k)) for r in rows], pa.string()) for k in keys
-        }
+        cols = {k: pa.array([_jsonl_value(r.get(k)) for r in rows], pa.string()) for k in keys}
         data = pa.table(cols) if cols else pa.table({"_": pa.array([None] * len(rows))})
-        out = Batch(table, _apply_mapping(data, options), np.asarray(lines, np.int64), source,
-                    list(rejects))
+        out = Batch(
+            table, _apply_mapping(data, options), np.asarray(lines, np.int64), source, list(rejects)
+        )
         rows.clear(), lines.clear(), rejects.clear()
         return out
 
@@ -225,12 +229,30 @@ def read_jsonl(path: Path, table: str, options: ReadOptions) -> Iterator[Batch]:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                rejects.append(Reject(source, number, table, "(row)", "a JSON object",
-                                      f"invalid JSON ({exc.msg})", text[:500]))
+                rejects.append(
+                    Reject(
+                        source,
+                        number,
+                        table,
+                        "(row)",
+                        "a JSON object",
+                        f"invalid JSON ({exc.msg})",
+                        text[:500],
+                    )
+                )
                 continue
             if not isinstance(obj, dict):
-                rejects.append(Reject(source, number, table, "(row)", "a JSON object",
-                                      type(obj).__name__, text[:500]))
+                rejects.append(
+                    Reject(
+                        source,
+                        number,
+                        table,
+                        "(row)",
+                        "a JSON object",
+                        type(obj).__name__,
+                        text[:500],
+                    )
+                )
                 continue
             rows.append(obj)
             lines.append(number)

@@ -26,7 +26,9 @@ __all__ = ["Validated", "received", "validate"]
 
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
-_TZ_SUFFIX = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|UTC|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE)
+_TZ_SUFFIX = re.compile(
+    r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|UTC|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE
+)
 _MAX_SHOWN = 80
 
 
@@ -84,12 +86,12 @@ def validate(batch: Batch, contract: TableContract, default_timezone: str | None
     typed = pa.table(columns)
     rejects = _rejects(batch, problems)
     keep = ~bad
-    return Validated(
-        typed.filter(pa.array(keep)), batch.lines[keep], rejects, int(bad.sum())
-    )
+    return Validated(typed.filter(pa.array(keep)), batch.lines[keep], rejects, int(bad.sum()))
 
 
-def _rejects(batch: Batch, problems: list[tuple[np.ndarray, str, str, list[object]]]) -> list[Reject]:
+def _rejects(
+    batch: Batch, problems: list[tuple[np.ndarray, str, str, list[object]]]
+) -> list[Reject]:
     if not problems:
         return []
     rows: dict[int, str] = {}
@@ -101,8 +103,15 @@ def _rejects(batch: Batch, problems: list[tuple[np.ndarray, str, str, list[objec
     for idx, name, expected, shown in problems:
         for i, value in zip(idx.tolist(), shown, strict=True):
             out.append(
-                Reject(batch.source, int(batch.lines[i]), batch.table, name, expected,
-                       received(value), rows[i])
+                Reject(
+                    batch.source,
+                    int(batch.lines[i]),
+                    batch.table,
+                    name,
+                    expected,
+                    received(value),
+                    rows[i],
+                )
             )
     out.sort(key=lambda r: r.line or 0)
     return out
@@ -145,9 +154,7 @@ def _parse_string(raw: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
         norm = text.str.strip().str.lower()
         if col.multi:
             parts = norm.str.replace(",", "|", regex=False).str.split("|")
-            ok = parts.map(
-                lambda p: isinstance(p, list) and all(x.strip() in allowed for x in p)
-            )
+            ok = parts.map(lambda p: isinstance(p, list) and all(x.strip() in allowed for x in p))
             norm = parts.map(lambda p: "|".join(x.strip() for x in p) if isinstance(p, list) else p)
         else:
             ok = norm.isin(allowed)

@@ -1,5 +1,7 @@
-"""measure stage of nextbest."""
+"""Measure stage: KPIs, experiments, campaign ROI and off-policy evaluation."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from nextbest.measure.kpi import HeadlineKpis, headline_kpis
+
+__all__ = ["HeadlineKpis", "headline_kpis"]

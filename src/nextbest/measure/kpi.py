@@ -61,16 +61,20 @@ def headline_kpis(
     amount = ev.amount.fill_null(0)
     purchases = ev.filter(t == "purchase")
     order_key = ibis.coalesce(purchases.basket_id, purchases.event_id)
-    row = ev.aggregate(
-        revenue=ibis.cases((t == "purchase", amount), (t == "return", -amount), else_=0).sum(),
-        emails_sent=(t == "email_sent").sum(),
-        opens=(t == "email_open").sum(),
-        clicks=(t == "email_click").sum(),
-        unsubscribes=(t == "unsubscribe").sum(),
-        visits=(t == "visit").sum(),
-        first_ts=ev.ts.min(),
-        last_ts=ev.ts.max(),
-    ).to_pyarrow().to_pylist()[0]
+    row = (
+        ev.aggregate(
+            revenue=ibis.cases((t == "purchase", amount), (t == "return", -amount), else_=0).sum(),
+            emails_sent=(t == "email_sent").sum(),
+            opens=(t == "email_open").sum(),
+            clicks=(t == "email_click").sum(),
+            unsubscribes=(t == "unsubscribe").sum(),
+            visits=(t == "visit").sum(),
+            first_ts=ev.ts.min(),
+            last_ts=ev.ts.max(),
+        )
+        .to_pyarrow()
+        .to_pylist()[0]
+    )
     orders = int(purchases.aggregate(n=order_key.nunique()).to_pyarrow()["n"][0].as_py() or 0)
     active = int(
         purchases.aggregate(n=purchases.customer_id.nunique()).to_pyarrow()["n"][0].as_py() or 0

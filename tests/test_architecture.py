@@ -1,0 +1,87 @@
+"""The layout shows the architecture: imports point one way, and each package pins __all__."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import nextbest
+
+SRC = Path(nextbest.__file__).parent
+# A stage may import only stages ranked below it; the shared top-level modules import no stage.
+RANK = {
+    "data": 0,
+    "features": 1,
+    "models": 2,
+    "decide": 3,
+    "simulate": 4,
+    "measure": 5,
+    "serve": 6,
+    "cli": 7,
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return {m for m in found if m.startswith("nextbest.")}
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in RANK else None
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_point_one_way(path: Path) -> None:
+    rel = path.relative_to(SRC)
+    own = rel.parts[0] if len(rel.parts) > 1 else None
+    for module in _imports(path):
+        target = _stage(module)
+        if target is None or target == own:
+            continue
+        if own is None:
+            assert rel.name == "__main__.py", f"{rel} (shared) imports the stage {module}"
+            continue
+        assert RANK[target] < RANK[own], f"{rel} ({own}) imports {module} ({target})"
+
+
+PUBLIC = {
+    "nextbest": {
+        "ConfigError",
+        "DataError",
+        "InfeasibleError",
+        "NextbestError",
+        "NotFittedError",
+        "__version__",
+    },
+    "nextbest.data": {
+        "Batch",
+        "LoadResult",
+        "ReadOptions",
+        "Reject",
+        "TABLES",
+        "TableContract",
+        "Warehouse",
+        "Workspace",
+        "contract",
+        "ingest",
+    },
+    "nextbest.measure": {"HeadlineKpis", "headline_kpis"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_public_api_is_pinned(name: str) -> None:
+    module = importlib.import_module(name)
+    assert set(module.__all__) == PUBLIC[name]
+    for item in module.__all__:
+        assert hasattr(module, item), f"{name}.__all__ names {item}, which is missing"
