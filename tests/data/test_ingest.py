@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nextbest.config import IngestConfig
-from nextbest.data import ingest as ingest_module
 from nextbest.data.ingest import LoadResult, ingest
 from nextbest.data.workspace import Workspace
 
@@ -34,8 +34,7 @@ BAD_ROWS = [
     (
         "customers.csv",
         "customer_id,consent_email\nc9,maybe\n",
-        "customers.csv line 2: consent_email must be true or false (also 1/0, yes/no), "
-        "got 'maybe'",
+        "customers.csv line 2: consent_email must be true or false (also 1/0, yes/no), got 'maybe'",
     ),
     (
         "products.csv",
@@ -71,8 +70,7 @@ BAD_ROWS = [
     (
         "events.csv",
         "event_id,customer_id,ts,type,product_id\ne1,c1,2024-05-01T10:00:00Z,view,p404\n",
-        "events.csv line 2: product_id must be the id of a known product (in products), "
-        "got 'p404'",
+        "events.csv line 2: product_id must be the id of a known product (in products), got 'p404'",
     ),
     (
         "events.csv",
@@ -99,8 +97,7 @@ BAD_ROWS = [
     (
         "customers.jsonl",
         '{"customer_id": "c7"}\n{"customer_id": \n',
-        "customers.jsonl line 2: (row) must be a JSON object, got invalid JSON "
-        "(Expecting value)",
+        "customers.jsonl line 2: (row) must be a JSON object, got invalid JSON (Expecting value)",
     ),
     (
         "offers.csv",
@@ -208,8 +205,7 @@ def test_line_numbers_are_exact_across_batches_and_blank_lines(tmp_path: Path) -
     (result,) = ingest(ws.warehouse, [path], config)
     assert result.tables["customers"].loaded == 2499
     assert result.problems == [
-        f"{path} line 1202: birth_year must be a whole number between 1900 and 2030, "
-        "got 'nineteen'"
+        f"{path} line 1202: birth_year must be a whole number between 1900 and 2030, got 'nineteen'"
     ]
     ws.close()
 
@@ -234,8 +230,11 @@ def test_loading_the_same_file_twice_adds_nothing(loaded: Workspace) -> None:
     assert "nothing added" in second.message
     assert loaded.warehouse.counts() == before
     # The same rows in another file are recognised by their ids.
-    third = load(loaded, "events_copy.csv", "event_id,customer_id,ts,type\n"
-                 "e1,c1,2024-05-01T10:00:00Z,visit\n")
+    third = load(
+        loaded,
+        "events_copy.csv",
+        "event_id,customer_id,ts,type\ne1,c1,2024-05-01T10:00:00Z,visit\n",
+    )
     assert (third.tables["events"].loaded, third.tables["events"].skipped) == (0, 1)
     assert loaded.warehouse.count("events") == 1
 
@@ -248,6 +247,7 @@ def test_a_failure_mid_load_leaves_the_warehouse_as_it_was(
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
+    ingest_module = importlib.import_module("nextbest.data.ingest")
     monkeypatch.setattr(ingest_module, "_finalise", boom)
     path = loaded.root / "customers_new.csv"
     path.write_text("customer_id,region\nc3,north\nc4,x,y\n")
@@ -268,8 +268,9 @@ _value = st.sampled_from(["c1", "c2", "c3", "", "zz", "1980", "abc", "yes", "no"
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(rows=st.lists(st.tuples(_value, _value, _value), min_size=0, max_size=12))
-def test_property_any_file_twice_changes_nothing(tmp_path_factory: pytest.TempPathFactory,
-                                                 rows: list[tuple[str, str, str]]) -> None:
+def test_property_any_file_twice_changes_nothing(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, str, str]]
+) -> None:
     ws = Workspace.init(tmp_path_factory.mktemp("prop"))
     text = "customer_id,birth_year,consent_email\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows)
     first = load(ws, "customers.csv", text)

@@ -31,6 +31,9 @@ _TZ_SUFFIX = re.compile(
 )
 _MAX_SHOWN = 80
 
+Problem = tuple[np.ndarray, str, str, list[object]]
+"""Rows (indices) with a bad value in one column: the column, the rule, the raw values."""
+
 
 @dataclass
 class Validated:
@@ -65,7 +68,7 @@ def validate(batch: Batch, contract: TableContract, default_timezone: str | None
         )
     n = batch.data.num_rows
     bad = np.zeros(n, dtype=bool)
-    problems: list[tuple[np.ndarray, str, str, list[object]]] = []
+    problems: list[Problem] = []
     columns: dict[str, pa.Array] = {}
     for col in contract.columns:
         if col.name in batch.data.column_names:
