@@ -91,9 +91,9 @@ class IngestConfig(_Strict):
 
 
 class Config(_Strict):
-    workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
-    warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    workspace: WorkspaceConfig = Field(default_factory=lambda: WorkspaceConfig())
+    warehouse: WarehouseConfig = Field(default_factory=lambda: WarehouseConfig())
+    ingest: IngestConfig = Field(default_factory=lambda: IngestConfig())
 
 
 def default_config_text(name: str) -> str:

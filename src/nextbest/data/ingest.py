@@ -21,8 +21,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import ibis
@@ -218,9 +219,11 @@ def _resolve(
     path: Path, fmt: str | None, table: str | None, delimiter: str | None, config: IngestConfig
 ) -> tuple[Reader, str, ReadOptions]:
     """The reader for a path, its format's name, and the options to read it with."""
-    base = {"batch_rows": config.batch_rows, "default_timezone": config.default_timezone}
-    if delimiter:
-        base["delimiter"] = delimiter
+    options = ReadOptions(
+        batch_rows=config.batch_rows,
+        default_timezone=config.default_timezone,
+        delimiter=delimiter or ",",
+    )
     if fmt in config.mappings:
         mapping = config.mappings[fmt]
         spec = contract(mapping.table)
@@ -231,14 +234,13 @@ def _resolve(
                     f"{target!r}, which is no column of {mapping.table}; expected one of "
                     f"{', '.join(spec.column_names)}"
                 )
-        options = ReadOptions(
-            **{**base, "delimiter": delimiter or mapping.delimiter},
+        options = replace(
+            options,
+            delimiter=delimiter or mapping.delimiter,
             rename=dict(mapping.columns),
             constants=dict(mapping.constants),
         )
-        generic = _GENERIC[mapping.file_type]
-        return (lambda p, o: generic(p, mapping.table, o)), fmt, options
-    options = ReadOptions(**base)
+        return partial(_read_generic, _GENERIC[mapping.file_type], mapping.table), fmt, options
     if fmt is None or fmt in _GENERIC:
         kind = fmt or _SUFFIXES.get(path.suffix.lower())
         if kind is None:
@@ -246,21 +248,29 @@ def _resolve(
                 f"{path}: cannot tell the format from the suffix {path.suffix!r}; expected "
                 f".csv, .parquet or .jsonl, or pass --format"
             )
-        target = table or _table_of(path)
-        if target is None:
+        found = table or _table_of(path)
+        if not found:
             raise DataError(
                 f"{path}: cannot tell the table from the file name; name it after a canonical "
                 f"table ({', '.join(LOAD_ORDER)}) or pass --table"
             )
-        contract(target)
-        generic = _GENERIC[kind]
-        return (lambda p, o: generic(p, target, o)), kind, options
+        contract(found)
+        return partial(_read_generic, _GENERIC[kind], found), kind, options
     from nextbest.data.formats import FORMATS
 
     if fmt not in FORMATS:
         known = ", ".join([*_GENERIC, *sorted(FORMATS), *sorted(config.mappings)])
         raise DataError(f"unknown format {fmt!r}: expected one of {known}")
     return FORMATS[fmt], fmt, options
+
+
+def _read_generic(
+    reader: Callable[[Path, str, ReadOptions], Iterator[Batch]],
+    table: str,
+    path: Path,
+    options: ReadOptions,
+) -> Iterator[Batch]:
+    return reader(path, table, options)
 
 
 def _table_of(path: Path) -> str | None:
@@ -278,8 +288,7 @@ def _sha256(path: Path) -> str:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())
         with file.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
     return digest.hexdigest()
 
 
@@ -381,7 +390,7 @@ def _finalise(warehouse: Warehouse, name: str, result: LoadResult, load_id: str)
             load_id,
             result,
             source,
-            lambda row, c=col.name: received(row[c]),
+            partial(_show_column, col.name),
         )
         rest = rest.filter(~unknown)
     clean_name = f"_clean_{name}"
@@ -407,6 +416,10 @@ def _finalise(warehouse: Warehouse, name: str, result: LoadResult, load_id: str)
     warehouse.insert(name, fresh)
     warehouse.drop(clean_name)
     warehouse.drop(f"_stage_{name}")
+
+
+def _show_column(name: str, row: dict[str, object]) -> str:
+    return received(row[name])
 
 
 def _set_rejects(

@@ -219,7 +219,9 @@ def read_jsonl(path: Path, table: str, options: ReadOptions) -> Iterator[Batch]:
         out = Batch(
             table, _apply_mapping(data, options), np.asarray(lines, np.int64), source, list(rejects)
         )
-        rows.clear(), lines.clear(), rejects.clear()
+        rows.clear()
+        lines.clear()
+        rejects.clear()
         return out
 
     with path.open("r", encoding="utf-8", errors="replace") as fh:
