@@ -248,7 +248,7 @@ def test_a_failure_mid_load_leaves_the_warehouse_as_it_was(
         raise RuntimeError("disk full")
 
     ingest_module = importlib.import_module("nextbest.data.ingest")
-    monkeypatch.setattr(ingest_module, "_finalise", boom)
+    monkeypatch.setattr(ingest_module, "_record_load", boom)
     path = loaded.root / "customers_new.csv"
     path.write_text("customer_id,region\nc3,north\nc4,x,y\n")
     with pytest.raises(RuntimeError, match="disk full"):

@@ -66,6 +66,7 @@ _SUFFIXES = {
     ".ndjson": "jsonl",
 }
 _KEEP_PROBLEMS = 20
+_QUARANTINE_STAGE = "_stage_quarantine"
 
 
 @dataclass
@@ -181,7 +182,8 @@ def ingest_path(
     load_id = f"{started:%Y%m%dT%H%M%S}-{digest[:10]}"
     result = LoadResult(str(path), name, "loaded", load_id)
     staged: set[str] = set()
-    with warehouse.transaction():
+    warehouse.create_temp(_QUARANTINE_STAGE, BOOKKEEPING["quarantine"])
+    try:
         reporter.start(None, f"reading {path.name}")
         try:
             for batch in reader(path, options):
@@ -189,30 +191,45 @@ def ingest_path(
                 reporter.advance(batch.data.num_rows + len(batch.rejects))
         finally:
             reporter.finish()
-        for name_ in LOAD_ORDER:
-            if name_ in staged:
-                _finalise(warehouse, name_, result, load_id)
-        warehouse.insert(
-            "loads",
-            pa.table(
-                {
-                    "load_id": [load_id],
-                    "source": [str(path)],
-                    "sha256": [digest],
-                    "format": [name],
-                    "started_ts": [started],
-                    "finished_ts": [datetime.now(UTC)],
-                    "rows_read": [result.total("read")],
-                    "rows_loaded": [result.total("loaded")],
-                    "rows_quarantined": [result.total("quarantined")],
-                    "rows_skipped": [result.total("skipped")],
-                    "tables": [",".join(result.tables)],
-                },
-                schema=_arrow_schema(BOOKKEEPING["loads"]),
-            ),
-        )
+        tables = [t for t in LOAD_ORDER if t in staged]
+        for t in tables:
+            _finalise(warehouse, t, result, load_id, staged)
+        # Only table-to-table copies happen inside the transaction: the warehouse changes
+        # all at once or not at all.
+        with warehouse.transaction():
+            for t in tables:
+                warehouse.insert(t, warehouse.table(f"_clean_{t}").select(*TABLES[t].column_names))
+            warehouse.insert("quarantine", warehouse.table(_QUARANTINE_STAGE))
+            _record_load(warehouse, result, digest, started)
+    finally:
+        for t in staged:
+            warehouse.drop(f"_stage_{t}")
+            warehouse.drop(f"_clean_{t}")
+        warehouse.drop(_QUARANTINE_STAGE)
     log.info("loaded %s: %s", path, result.tables)
     return result
+
+
+def _record_load(warehouse: Warehouse, result: LoadResult, digest: str, started: datetime) -> None:
+    warehouse.insert(
+        "loads",
+        pa.table(
+            {
+                "load_id": [result.load_id],
+                "source": [result.source],
+                "sha256": [digest],
+                "format": [result.format],
+                "started_ts": [started],
+                "finished_ts": [datetime.now(UTC)],
+                "rows_read": [result.total("read")],
+                "rows_loaded": [result.total("loaded")],
+                "rows_quarantined": [result.total("quarantined")],
+                "rows_skipped": [result.total("skipped")],
+                "tables": [",".join(result.tables)],
+            },
+            schema=_arrow_schema(BOOKKEEPING["loads"]),
+        ),
+    )
 
 
 def _resolve(
@@ -333,7 +350,7 @@ def _quarantine(
     room = _KEEP_PROBLEMS - len(result.problems)
     result.problems.extend(r.message() for r in rejects[: max(room, 0)])
     warehouse.insert(
-        "quarantine",
+        _QUARANTINE_STAGE,
         pa.table(
             {
                 "load_id": [load_id] * len(rejects),
@@ -351,71 +368,64 @@ def _quarantine(
     )
 
 
-def _finalise(warehouse: Warehouse, name: str, result: LoadResult, load_id: str) -> None:
-    """Set-level checks on a staged table, then insert what passes."""
+def _finalise(
+    warehouse: Warehouse, name: str, result: LoadResult, load_id: str, staged: set[str]
+) -> None:
+    """Set-level checks on a staged table; what passes is left in ``_clean_<name>``.
+
+    References may point at the warehouse or at rows of this same load (already checked,
+    since tables are finalised in load order).
+    """
     spec = TABLES[name]
     key = spec.key
     cols = list(spec.column_names)
     counts = result.tables[name]
-    source = result.source
+    reject = partial(_set_rejects, warehouse, name, load_id, result)
     stage = warehouse.table(f"_stage_{name}")
     ranked = stage.mutate(
         _rn=ibis.row_number().over(group_by=stage[key], order_by=stage._line),
         _first=stage._line.min().over(group_by=stage[key]),
     )
-    dups = ranked.filter(ranked._rn > 0)
-    counts.quarantined += _set_rejects(
-        warehouse,
-        dups,
-        name,
+    counts.quarantined += reject(
+        ranked.filter(ranked._rn > 0),
         key,
         f"a unique {key}",
-        load_id,
-        result,
-        source,
         lambda row: f"{received(row[key])}, already used at line {row['_first']}",
     )
     rest: ir.Table = ranked.filter(ranked._rn == 0).select(*cols, "_line")
     for col in spec.columns:
         if col.ref is None:
             continue
-        known = warehouse.table(col.ref)[TABLES[col.ref].key]
-        unknown = rest[col.name].notnull() & ~rest[col.name].isin(known)
-        counts.quarantined += _set_rejects(
-            warehouse,
+        ref_key = TABLES[col.ref].key
+        known = warehouse.table(col.ref).select(ref_key)
+        if col.ref in staged:
+            known = known.union(warehouse.table(f"_clean_{col.ref}").select(ref_key))
+        unknown = rest[col.name].notnull() & ~rest[col.name].isin(known[ref_key])
+        counts.quarantined += reject(
             rest.filter(unknown),
-            name,
             col.name,
             f"the id of a known {col.ref[:-1]} (in {col.ref})",
-            load_id,
-            result,
-            source,
             partial(_show_column, col.name),
         )
         rest = rest.filter(~unknown)
-    clean_name = f"_clean_{name}"
-    warehouse.con.create_table(clean_name, obj=rest, temp=True, overwrite=True)
-    clean = warehouse.table(clean_name)
+    checked = f"_checked_{name}"
+    warehouse.con.create_table(checked, obj=rest, temp=True, overwrite=True)
+    clean = warehouse.table(checked)
     target = warehouse.table(name)
     joined = clean.inner_join(target, key, rname="{name}__old")
     differs = ibis.or_(*[~joined[c].identical_to(joined[f"{c}__old"]) for c in cols if c != key])
-    counts.quarantined += _set_rejects(
-        warehouse,
+    counts.quarantined += reject(
         joined.filter(differs).select(*cols, "_line"),
-        name,
         key,
         f"a new {key}, or exactly the values already loaded",
-        load_id,
-        result,
-        source,
         lambda row: f"{received(row[key])}, already in the warehouse with other values",
     )
     counts.skipped += int(joined.filter(~differs).count().execute())
-    fresh = clean.anti_join(target, key).select(*cols)
-    counts.loaded += int(fresh.count().execute())
-    warehouse.insert(name, fresh)
-    warehouse.drop(clean_name)
-    warehouse.drop(f"_stage_{name}")
+    warehouse.con.create_table(
+        f"_clean_{name}", obj=clean.anti_join(target, key), temp=True, overwrite=True
+    )
+    warehouse.drop(checked)
+    counts.loaded += warehouse.count(f"_clean_{name}")
 
 
 def _show_column(name: str, row: dict[str, object]) -> str:
@@ -424,13 +434,12 @@ def _show_column(name: str, row: dict[str, object]) -> str:
 
 def _set_rejects(
     warehouse: Warehouse,
-    expr: ir.Table,
     table: str,
-    field_name: str,
-    expected: str,
     load_id: str,
     result: LoadResult,
-    source: str,
+    expr: ir.Table,
+    field_name: str,
+    expected: str,
     describe: Callable[[dict[str, object]], str],
 ) -> int:
     rows = expr.to_pyarrow().to_pylist()
@@ -441,7 +450,7 @@ def _set_rejects(
         shown = {k: v for k, v in row.items() if not k.startswith("_")}
         rejects.append(
             Reject(
-                source,
+                result.source,
                 int(row["_line"]),
                 table,
                 field_name,

@@ -146,27 +146,32 @@ def _parse(raw: pa.Array, col: Column, tz: str | None) -> tuple[pa.Array, np.nda
 
 
 def _parse_string(raw: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
-    if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
-        text = pd.Series(raw.to_pandas(), dtype="object")
-    else:
-        text = pd.Series(raw.cast(pa.string()).to_pandas(), dtype="object")
-    present = text.notna() & (text.str.strip() != "")
-    invalid = np.zeros(len(text), dtype=bool)
+    """Text as given (blank means missing); enum values are trimmed and lower-cased."""
+    text = raw if pa.types.is_string(raw.type) else raw.cast(pa.string())
+    trimmed = pc.utf8_trim_whitespace(text)
+    present = pc.fill_null(pc.not_equal(trimmed, ""), False)
+    ok: pa.Array = present
     if col.enum is not None:
-        allowed = set(col.enum)
-        norm = text.str.strip().str.lower()
+        text = pc.utf8_lower(trimmed)
         if col.multi:
-            parts = norm.str.replace(",", "|", regex=False).str.split("|")
-            ok = parts.map(lambda p: isinstance(p, list) and all(x.strip() in allowed for x in p))
-            norm = parts.map(lambda p: "|".join(x.strip() for x in p) if isinstance(p, list) else p)
+            parts = pd.Series(text.to_pandas(), dtype="object").str.replace(",", "|").str.split("|")
+            text = pa.array(
+                parts.map(lambda p: "|".join(x.strip() for x in p) if isinstance(p, list) else p),
+                pa.string(),
+            )
+            allowed = set(col.enum)
+            ok = pa.array(
+                parts.map(lambda p: isinstance(p, list) and all(x.strip() in allowed for x in p)),
+                pa.bool_(),
+            )
         else:
-            ok = norm.isin(allowed)
-        invalid = (present & ~ok.astype(bool)).to_numpy()
-        text = norm
+            ok = pc.is_in(text, value_set=pa.array(col.enum))
     elif col.kind == "json":
-        invalid = present.to_numpy() & ~text.map(_is_json_object).to_numpy(dtype=bool)
-    text = text.where(present & ~invalid, None)
-    return pa.array(text, pa.string()), invalid
+        ok = pa.array([_is_json_object(v) for v in text.to_pylist()], pa.bool_())
+    present_np = present.to_numpy(zero_copy_only=False)
+    invalid = present_np & ~pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    keep = pa.array(present_np & ~invalid)
+    return pc.if_else(keep, text, pa.scalar(None, pa.string())), invalid
 
 
 def _is_json_object(value: object) -> bool:
