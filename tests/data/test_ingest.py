@@ -285,3 +285,41 @@ def test_property_any_file_twice_changes_nothing(
         assert counts.read == len(rows)
         assert counts.read == counts.loaded + counts.quarantined + counts.skipped
     ws.close()
+
+
+def test_a_large_parquet_file_loads_every_row(tmp_path: Path) -> None:
+    """Regression: 250,000-row Arrow batches once vanished inside a DuckDB transaction."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 300_000
+    rng = np.random.default_rng(3)
+    ws = Workspace.init(tmp_path / "ws")
+    pq.write_table(
+        pa.table({"customer_id": [f"C{i}" for i in range(1000)]}), tmp_path / "customers.parquet"
+    )
+    customer = rng.integers(0, 1000, n)
+    customer[12_345] = 5000  # one unknown customer
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": [f"E{i}" for i in range(n)],
+                "customer_id": [f"C{i}" for i in customer],
+                "ts": pa.array(rng.integers(1.7e15, 1.71e15, n), pa.timestamp("us", tz="UTC")),
+                "type": rng.choice(["visit", "purchase"], n),
+                "amount": rng.random(n),
+            }
+        ),
+        tmp_path / "events.parquet",
+        row_group_size=100_000,
+    )
+    results = ingest(ws.warehouse, [tmp_path], ws.config.ingest)
+    counts = results[1].tables["events"]
+    assert (counts.read, counts.loaded, counts.quarantined) == (n, n - 1, 1)
+    assert results[1].problems == [
+        f"{tmp_path / 'events.parquet'} line 12346: customer_id must be the id of a known "
+        "customer (in customers), got 'C5000'"
+    ]
+    assert ws.warehouse.count("events") == n - 1
+    ws.close()
