@@ -19,8 +19,9 @@ from rich.table import Table
 
 __all__ = ["RichReporter", "err", "out", "print_json", "table"]
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped output (CI logs, files) gets a fixed width wide enough for the tables.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def print_json(payload: Any) -> None:
@@ -61,7 +62,7 @@ class RichReporter:
             TimeElapsedColumn(),
             console=err,
             transient=True,
-            disable=not enabled,
+            disable=not (enabled and err.is_terminal),
         )
         self._task: Any = None
 

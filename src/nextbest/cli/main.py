@@ -6,11 +6,11 @@ shows the traceback instead.
 
 from __future__ import annotations
 
-import sys
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from nextbest.cli.console import RichReporter, err, out, print_json, table
@@ -20,7 +20,7 @@ from nextbest.data.schema import LOAD_ORDER
 from nextbest.data.workspace import Workspace
 from nextbest.errors import NextbestError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "command", "main"]
 
 app = typer.Typer(
     name="nextbest",
@@ -32,11 +32,48 @@ app = typer.Typer(
 
 _state = {"debug": False}
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """``app.command`` whose errors print as one ``Error:`` line (``--debug``: traceback)."""
+
+    def register(func: F) -> F:
+        @functools.wraps(func)
+        def run(*a: Any, **kw: Any) -> Any:
+            try:
+                return func(*a, **kw)
+            except NextbestError as exc:
+                if _state["debug"]:
+                    raise
+                err.print(f"[red]Error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+                raise typer.Exit(1) from None
+            except (typer.Exit, typer.Abort, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                if _state["debug"]:
+                    raise
+                err.print(
+                    f"Error: unexpected {type(exc).__name__}: {exc} (run with --debug for the "
+                    "traceback)",
+                    soft_wrap=True,
+                    markup=False,
+                )
+                raise typer.Exit(2) from None
+
+        app.command(*args, **kwargs)(run)
+        return func
+
+    return register
+
+
 WorkspaceOpt = Annotated[
     Path | None,
     typer.Option(
-        "--workspace", "-w", help="Workspace folder (default: $NEXTBEST_WORKSPACE or the current "
-        "folder).", show_default=False,
+        "--workspace",
+        "-w",
+        help="Workspace folder (default: $NEXTBEST_WORKSPACE or the current folder).",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -53,7 +90,7 @@ def open_workspace(path: Path | None) -> Workspace:
     return Workspace.open(find_workspace(path))
 
 
-@app.command()
+@command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder for the new workspace.")] = Path("."),
     name: Annotated[str | None, typer.Option(help="Workspace name (default: folder name).")] = None,
@@ -65,13 +102,14 @@ def init(
     out.print(f"  warehouse:     {directory / ws.config.warehouse.path}")
 
 
-@app.command("ingest")
+@command("ingest")
 def ingest_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to load.")],
     format: Annotated[
         str | None,
         typer.Option(
-            "--format", "-f",
+            "--format",
+            "-f",
             help="csv, parquet, jsonl, a public dataset (hillstrom, cdnow, obd, baskets, "
             "completejourney) or a mapping named in nextbest.toml. Default: from the suffix.",
         ),
@@ -86,8 +124,14 @@ def ingest_cmd(
     """Load files into the warehouse: validated, idempotent, all or nothing per file."""
     ws = open_workspace(workspace)
     results = ingest(
-        ws.warehouse, paths, ws.config.ingest, fmt=format, table=table_name,
-        delimiter=delimiter, reports=ws.reports, reporter=RichReporter(enabled=not as_json),
+        ws.warehouse,
+        paths,
+        ws.config.ingest,
+        fmt=format,
+        table=table_name,
+        delimiter=delimiter,
+        reports=ws.reports,
+        reporter=RichReporter(enabled=not as_json),
     )
     if as_json:
         print_json([r.to_dict() for r in results])
@@ -106,8 +150,13 @@ def print_loads(results: list[LoadResult]) -> None:
             rows.append([name, "-", r.status, None, None, None, None])
         for tname, c in r.tables.items():
             rows.append([name, tname, r.status, c.read, c.loaded, c.quarantined, c.skipped])
-    out.print(table("Loads", ["file", "table", "status", "read", "loaded", "quarantined",
-                              "already there"], rows))
+    out.print(
+        table(
+            "Loads",
+            ["file", "table", "status", "read", "loaded", "quarantined", "already there"],
+            rows,
+        )
+    )
     for r in results:
         if r.status == "failed":
             err.print(f"[red]Error:[/] {r.message}")
@@ -118,11 +167,11 @@ def print_loads(results: list[LoadResult]) -> None:
             out.print(f"[yellow]{shown:,} row(s) of {Path(r.source).name} quarantined[/], e.g.:")
             for p in r.problems[:5]:
                 out.print(f"  {p}")
-        if r.report:
+        if r.report and (r.problems or r.status == "failed"):
             out.print(f"  report: {r.report}")
 
 
-@app.command()
+@command()
 def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Rows per warehouse table and the latest loads."""
     ws = open_workspace(workspace)
@@ -131,15 +180,33 @@ def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json({"tables": counts, "loads": loads})
         return
-    out.print(table(f"Warehouse of {ws.config.workspace.name}", ["table", "rows"],
-                    [[k, v] for k, v in counts.items()]))
+    out.print(
+        table(
+            f"Warehouse of {ws.config.workspace.name}",
+            ["table", "rows"],
+            [[k, v] for k, v in counts.items()],
+        )
+    )
     if loads:
-        out.print(table("Latest loads", ["load", "source", "format", "loaded", "quarantined"],
-                        [[x["load_id"], x["source"], x["format"], x["rows_loaded"],
-                          x["rows_quarantined"]] for x in loads]))
+        out.print(
+            table(
+                "Latest loads",
+                ["load", "source", "format", "loaded", "quarantined"],
+                [
+                    [
+                        x["load_id"],
+                        x["source"],
+                        x["format"],
+                        x["rows_loaded"],
+                        x["rows_quarantined"],
+                    ]
+                    for x in loads
+                ],
+            )
+        )
 
 
-@app.command()
+@command()
 def quarantine(
     load: Annotated[str | None, typer.Option(help="Only this load id.")] = None,
     table_name: Annotated[str | None, typer.Option("--table", help="Only this table.")] = None,
@@ -154,41 +221,35 @@ def quarantine(
         q = q.filter(q.load_id == load)
     if table_name:
         if table_name not in LOAD_ORDER:
-            raise NextbestError(f"--table: expected one of {', '.join(LOAD_ORDER)}, "
-                                f"got {table_name!r}")
+            raise NextbestError(
+                f"--table: expected one of {', '.join(LOAD_ORDER)}, got {table_name!r}"
+            )
         q = q.filter(q.table_name == table_name)
     rows = q.order_by(["load_id", "source", "line"]).limit(limit).to_pyarrow().to_pylist()
     if as_json:
         print_json(rows)
         return
-    out.print(table("Quarantine", ["source", "line", "table", "field", "expected", "received"],
-                    [[Path(r["source"]).name, r["line"], r["table_name"], r["field"],
-                      r["expected"], r["received"]] for r in rows]))
+    out.print(
+        table(
+            "Quarantine",
+            ["source", "line", "table", "field", "expected", "received"],
+            [
+                [
+                    Path(r["source"]).name,
+                    r["line"],
+                    r["table_name"],
+                    r["field"],
+                    r["expected"],
+                    r["received"],
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 def main() -> None:
-    """Entry point: run the app and turn nextbest's errors into one line and an exit code."""
+    """Entry point: every command, and nextbest's errors as one line and an exit code."""
     from nextbest.cli import demo  # noqa: F401 - registers the simulate and demo commands
 
-    try:
-        code = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        err.print("Aborted.")
-        code = 1
-    except NextbestError as exc:
-        if _state["debug"]:
-            raise
-        err.print(f"[red]Error:[/] {exc}", soft_wrap=True)
-        code = 1
-    except Exception as exc:
-        if _state["debug"]:
-            raise
-        err.print(f"[red]Error:[/] unexpected {type(exc).__name__}: {exc} "
-                  "(run with --debug for the traceback)", soft_wrap=True)
-        code = 2
-    sys.exit(code if isinstance(code, int) else 0)
+    app()

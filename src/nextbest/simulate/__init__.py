@@ -1,5 +1,23 @@
-"""simulate stage of nextbest."""
+"""A synthetic flash-sale retailer with known ground truth, and its environment."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from nextbest.simulate.config import SimConfig, SimSummary
+from nextbest.simulate.environment import DayOutcome, RetailEnvironment
+from nextbest.simulate.policies import POLICIES, Policy, PopularPolicy, RandomPolicy
+from nextbest.simulate.run import simulate
+from nextbest.simulate.world import World, build_world
+
+__all__ = [
+    "POLICIES",
+    "DayOutcome",
+    "Policy",
+    "PopularPolicy",
+    "RandomPolicy",
+    "RetailEnvironment",
+    "SimConfig",
+    "SimSummary",
+    "World",
+    "build_world",
+    "simulate",
+]

@@ -1,0 +1,148 @@
+"""``nextbest simulate`` and ``nextbest demo``: a synthetic retailer, end to end."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nextbest.cli.console import RichReporter, out, print_json, table
+from nextbest.cli.main import JsonOpt, command, print_loads
+from nextbest.data.ingest import ingest
+from nextbest.data.workspace import Workspace
+from nextbest.errors import ConfigError
+from nextbest.measure.kpi import HeadlineKpis, headline_kpis
+from nextbest.simulate import SimConfig, simulate
+
+__all__ = ["demo", "simulate_cmd"]
+
+_MARKER = ".nextbest-demo"
+
+
+@command("simulate")
+def simulate_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the generated tables.")],
+    customers: Annotated[int, typer.Option(help="Number of members.")] = 20_000,
+    days: Annotated[int, typer.Option(help="Days to simulate.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 7,
+    policy: Annotated[str, typer.Option(help="E-mail policy: random or popular.")] = "random",
+    file_format: Annotated[str, typer.Option("--file-format", help="parquet or csv.")] = "parquet",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a synthetic flash-sale retailer, and its ground truth in OUT/truth."""
+    config = _sim_config(customers, days, seed, policy, file_format)
+    started = time.perf_counter()
+    summary = simulate(config, out_dir, reporter=RichReporter(enabled=not as_json))
+    elapsed = time.perf_counter() - started
+    if as_json:
+        print_json({"out": str(out_dir), "seconds": round(elapsed, 2), **_summary_dict(summary)})
+        return
+    rows = [[name, n] for name, n in _summary_dict(summary).get("rows", {}).items()]
+    out.print(table(f"Simulated retailer in {out_dir} ({elapsed:.1f} s)", ["table", "rows"], rows))
+    out.print(f"Ground truth: {out_dir / 'truth'}")
+
+
+@command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Folder for the demo.")] = Path(
+        "nextbest-demo"
+    ),
+    customers: Annotated[int, typer.Option(help="Number of members.")] = 20_000,
+    days: Annotated[int, typer.Option(help="Days to simulate.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="End by serving the dashboard.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate a retailer, load it into a fresh workspace, and show what came in."""
+    if directory.exists() and any(directory.iterdir()) and not (directory / _MARKER).exists():
+        raise ConfigError(
+            f"{directory}: exists and was not made by 'nextbest demo'; choose another --dir"
+        )
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    (directory / _MARKER).write_text("made by nextbest demo; deleted by the next demo run\n")
+    reporter = RichReporter(enabled=not as_json)
+    sim_dir = directory / "simulated"
+    if not as_json:
+        out.print(f"[bold]1/3[/] Simulating {customers:,} members over {days} days (seed {seed})")
+    simulate(_sim_config(customers, days, seed, "random", "parquet"), sim_dir, reporter=reporter)
+    if not as_json:
+        out.print(f"[bold]2/3[/] Creating the workspace {directory / 'workspace'}")
+    ws = Workspace.init(directory / "workspace", name="demo")
+    if not as_json:
+        out.print("[bold]3/3[/] Loading the simulated tables")
+    results = ingest(
+        ws.warehouse, [sim_dir], ws.config.ingest, reports=ws.reports, reporter=reporter
+    )
+    kpis = headline_kpis(ws.warehouse)
+    quarantined = ws.warehouse.count("quarantine")
+    if as_json:
+        print_json(
+            {
+                "loads": [r.to_dict() for r in results],
+                "quarantined": quarantined,
+                "kpis": kpis.to_dict(),
+                "workspace": str(ws.root),
+            }
+        )
+    else:
+        print_loads(results)
+        out.print(
+            f"Quarantined rows: {quarantined:,}"
+            + ("" if quarantined else " (every simulated row met the contract)")
+        )
+        print_kpis(kpis)
+        out.print(f"\nWorkspace: {ws.root}   ground truth: {sim_dir / 'truth'}")
+        out.print(f"Explore it: nextbest status --workspace {ws.root}")
+        if serve:
+            out.print(
+                "The dashboard is not part of this release yet; nothing to serve. "
+                "(--no-serve skips this step.)"
+            )
+    ws.close()
+
+
+def print_kpis(k: HeadlineKpis) -> None:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    period = (
+        f"{k.first_ts:%Y-%m-%d} to {k.last_ts:%Y-%m-%d}"
+        if k.first_ts and k.last_ts
+        else "no events"
+    )
+    rows = [
+        ["members", f"{k.members:,}"],
+        ["active members (bought)", f"{k.active_members:,}"],
+        ["revenue (net of returns)", f"{k.revenue:,.2f}"],
+        ["orders", f"{k.orders:,}"],
+        ["e-mails sent", f"{k.emails_sent:,}"],
+        ["open rate", pct(k.open_rate)],
+        ["click rate", pct(k.click_rate)],
+        ["click-to-open", pct(k.click_to_open)],
+        ["unsubscribe rate", pct(k.unsubscribe_rate)],
+        ["site visits", f"{k.visits:,}"],
+        ["conversion (orders per visit)", pct(k.conversion)],
+    ]
+    out.print(table(f"Headline KPIs, {period}", ["KPI", "value"], rows))
+
+
+def _sim_config(customers: int, days: int, seed: int, policy: str, file_format: str) -> SimConfig:
+    try:
+        return SimConfig(
+            n_customers=customers, days=days, seed=seed, policy=policy, file_format=file_format
+        )
+    except ValueError as exc:
+        raise ConfigError(f"simulation settings: {exc}") from None
+
+
+def _summary_dict(summary: object) -> dict:
+    to_dict = getattr(summary, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    return dict(getattr(summary, "__dict__", {}))

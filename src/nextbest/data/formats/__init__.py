@@ -1,0 +1,15 @@
+"""Readers for the public datasets: each turns a file or folder into canonical batches.
+
+A reader is ``read(path, options) -> Iterator[Batch]`` (see :mod:`nextbest.data.sources`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from nextbest.data.sources import Batch, ReadOptions
+
+__all__ = ["FORMATS"]
+
+FORMATS: dict[str, Callable[[Path, ReadOptions], Iterator[Batch]]] = {}

@@ -1,0 +1,99 @@
+"""The CLI as a user meets it: a real process, its output and its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    full_env.pop("NEXTBEST_WORKSPACE", None) if env is None else None
+    return subprocess.run(
+        [sys.executable, "-m", "nextbest", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_init_ingest_status_quarantine_round_trip(tmp_path: Path) -> None:
+    assert run("init", "shop", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "shop" / "nextbest.toml").exists()
+    (tmp_path / "customers.csv").write_text("customer_id,birth_year\nc1,1980\nc2,old\n")
+    done = run("ingest", "customers.csv", "--workspace", "shop", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (load,) = json.loads(done.stdout)
+    assert load["tables"]["customers"] == {"read": 2, "loaded": 1, "quarantined": 1, "skipped": 0}
+    report_path = tmp_path / load["report"]
+    assert report_path.exists()
+    report = json.loads(report_path.read_text())
+    assert report["quarantine_by_field"] == [
+        {
+            "table_name": "customers",
+            "field": "birth_year",
+            "expected": "a whole number between 1900 and 2030",
+            "rows": 1,
+        }
+    ]
+    # NEXTBEST_WORKSPACE stands in for --workspace.
+    env = {"NEXTBEST_WORKSPACE": str(tmp_path / "shop")}
+    again = run("ingest", "customers.csv", cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "already loaded" in again.stdout
+    status = json.loads(run("status", "--json", cwd=tmp_path, env=env).stdout)
+    assert status["tables"]["customers"] == 1 and status["tables"]["quarantine"] == 1
+    q = json.loads(run("quarantine", "--json", cwd=tmp_path, env=env).stdout)
+    assert [(r["line"], r["field"], r["received"]) for r in q] == [(3, "birth_year", "'old'")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status"], "is not a nextbest workspace; create one with 'nextbest init"),
+        (["ingest", "missing.csv", "--workspace", "shop"], "missing.csv: no such file or folder"),
+        (
+            ["ingest", "x.csv", "--format", "nope", "--workspace", "shop"],
+            "unknown format 'nope': expected one of csv, parquet, jsonl",
+        ),
+    ],
+)
+def test_errors_are_one_line_and_exit_non_zero(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    run("init", "shop", cwd=tmp_path)
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    cwd = empty if args == ["status"] else tmp_path
+    done = run(*args, cwd=cwd)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: "), done.stderr
+    assert message in " ".join(lines)
+    assert "Traceback" not in done.stderr
+    debug = run("--debug", *args, cwd=cwd)
+    if debug.returncode == 1 and "Error:" not in debug.stderr:
+        assert "Traceback" in debug.stderr
+
+
+def test_unknown_key_in_configuration_is_named(tmp_path: Path) -> None:
+    run("init", "shop", cwd=tmp_path)
+    cfg = tmp_path / "shop" / "nextbest.toml"
+    cfg.write_text(cfg.read_text().replace("[warehouse]", "[warehouse]\npth = 'x.duckdb'"))
+    done = run("status", "--workspace", "shop", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "unknown key 'warehouse.pth'" in done.stderr
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    for command in ("init", "ingest", "status", "quarantine", "simulate", "demo"):
+        done = run(command, "--help", cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+        assert "Usage" in done.stdout
