@@ -91,6 +91,7 @@ class LoadResult:
     problems: list[str] = field(default_factory=list)
     message: str = ""
     report: str | None = None
+    files: list[str] = field(default_factory=list)
 
     def total(self, what: str) -> int:
         return sum(getattr(c, what) for c in self.tables.values())
@@ -333,10 +334,16 @@ def _stage_batch(
         counts.quarantined += valid.rows_rejected
         rejects += valid.rejects
         if batch.table not in staged:
-            warehouse.create_temp(f"_stage_{batch.table}", {**spec.ibis_schema(), "_line": "int64"})
+            warehouse.create_temp(
+                f"_stage_{batch.table}", {**spec.ibis_schema(), "_line": "int64", "_src": "int32"}
+            )
             staged.add(batch.table)
         if valid.data.num_rows:
+            if batch.source not in result.files:
+                result.files.append(batch.source)
+            src = result.files.index(batch.source)
             data = valid.data.append_column("_line", pa.array(valid.lines, pa.int64()))
+            data = data.append_column("_src", pa.array([src] * data.num_rows, pa.int32()))
             warehouse.insert(f"_stage_{batch.table}", data)
     _quarantine(warehouse, rejects, load_id, result)
 
@@ -383,8 +390,8 @@ def _finalise(
     reject = partial(_set_rejects, warehouse, name, load_id, result)
     stage = warehouse.table(f"_stage_{name}")
     ranked = stage.mutate(
-        _rn=ibis.row_number().over(group_by=stage[key], order_by=stage._line),
-        _first=stage._line.min().over(group_by=stage[key]),
+        _rn=ibis.row_number().over(group_by=stage[key], order_by=[stage._src, stage._line]),
+        _first=stage._line.first().over(group_by=stage[key], order_by=[stage._src, stage._line]),
     )
     counts.quarantined += reject(
         ranked.filter(ranked._rn > 0),
@@ -392,7 +399,7 @@ def _finalise(
         f"a unique {key}",
         lambda row: f"{received(row[key])}, already used at line {row['_first']}",
     )
-    rest: ir.Table = ranked.filter(ranked._rn == 0).select(*cols, "_line")
+    rest: ir.Table = ranked.filter(ranked._rn == 0).select(*cols, "_line", "_src")
     for col in spec.columns:
         if col.ref is None:
             continue
@@ -415,7 +422,7 @@ def _finalise(
     joined = clean.inner_join(target, key, rname="{name}__old")
     differs = ibis.or_(*[~joined[c].identical_to(joined[f"{c}__old"]) for c in cols if c != key])
     counts.quarantined += reject(
-        joined.filter(differs).select(*cols, "_line"),
+        joined.filter(differs).select(*cols, "_line", "_src"),
         key,
         f"a new {key}, or exactly the values already loaded",
         lambda row: f"{received(row[key])}, already in the warehouse with other values",
@@ -450,7 +457,7 @@ def _set_rejects(
         shown = {k: v for k, v in row.items() if not k.startswith("_")}
         rejects.append(
             Reject(
-                result.source,
+                result.files[int(row["_src"])] if result.files else result.source,
                 int(row["_line"]),
                 table,
                 field_name,
