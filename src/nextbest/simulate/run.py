@@ -43,6 +43,8 @@ class _Writer:
         self.rows: dict[str, int] = {}
 
     def write(self, name: str, table: pa.Table) -> None:
+        if self.format == "csv":
+            table = _csv_ready(table)
         if name not in self.open:
             path = self.folder / f"{name}.{self.format}"
             self.open[name] = (
@@ -51,8 +53,6 @@ class _Writer:
                 else pacsv.CSVWriter(path, table.schema)
             )
             self.rows[name] = 0
-        if self.format == "csv":
-            table = _csv_ready(table)
         self.open[name].write_table(table)
         self.rows[name] += table.num_rows
 
@@ -62,12 +62,12 @@ class _Writer:
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:
-    """Timestamps as ISO-8601 with 'Z', as the ingestion contract asks."""
+    """Timestamps as ISO-8601 with 'Z' (Arrow's %S carries the microseconds)."""
     import pyarrow.compute as pc
 
     for i, f in enumerate(table.schema):
         if pa.types.is_timestamp(f.type):
-            text = pc.strftime(table.column(i), format="%Y-%m-%dT%H:%M:%S.%fZ")
+            text = pc.strftime(table.column(i), format="%Y-%m-%dT%H:%M:%SZ")
             table = table.set_column(i, f.name, text)
     return table
 
