@@ -161,3 +161,10 @@ def test_csv_output_meets_the_ingestion_contract(tmp_path: Path) -> None:
         r.tables["events"].loaded for r in results if "events" in r.tables
     )
     ws.close()
+
+
+def test_a_tiny_run_with_empty_days_works(tmp_path: Path) -> None:
+    """Regression: numpy's zfill fails on empty arrays, as on a day without a referral."""
+    summary = simulate(SimConfig(n_customers=10, days=3, seed=1), tmp_path)
+    assert summary.rows["customers"] == 10
+    assert summary.rows["decisions"] % 3 == 0

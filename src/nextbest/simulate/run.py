@@ -25,7 +25,14 @@ from nextbest.progress import NullReporter, Reporter
 from nextbest.simulate.config import SimConfig, SimSummary
 from nextbest.simulate.environment import RetailEnvironment
 from nextbest.simulate.policies import POLICIES
-from nextbest.simulate.world import ACQUISITION, CATEGORIES, EFFECT_TYPES, REGIONS, World
+from nextbest.simulate.world import (
+    ACQUISITION,
+    CATEGORIES,
+    EFFECT_TYPES,
+    REGIONS,
+    World,
+    padded,
+)
 
 __all__ = ["simulate"]
 
@@ -95,9 +102,7 @@ def simulate(config: SimConfig, out_dir: Path, *, reporter: Reporter | None = No
         )
         k = picks.shape[1]
         n = picks.size
-        ids = np.char.add(
-            "D", np.char.zfill(np.arange(next_decision, next_decision + n).astype(str), 10)
-        )
+        ids = padded("D", np.arange(next_decision, next_decision + n), 10)
         next_decision += n
         ts = np.datetime64(world.day_start(day).replace(tzinfo=None), "us") + np.timedelta64(
             12, "h"
@@ -117,9 +122,7 @@ def simulate(config: SimConfig, out_dir: Path, *, reporter: Reporter | None = No
         )
         outcome = env.step(day, decisions)
         events = outcome.events
-        event_ids = np.char.add(
-            "E", np.char.zfill(np.arange(next_event, next_event + events.num_rows).astype(str), 11)
-        )
+        event_ids = padded("E", np.arange(next_event, next_event + events.num_rows), 11)
         next_event += events.num_rows
         data.write("decisions", decisions)
         data.write("events", events.add_column(0, "event_id", pa.array(event_ids, pa.string())))
@@ -165,11 +168,11 @@ def _customers(w: World) -> pa.Table:
 
 
 def _brand_names(w: World) -> np.ndarray:
-    idx = np.arange(len(w.brand_new)).astype(str)
+    idx = np.arange(len(w.brand_new))
     return np.where(
         w.brand_new,
-        np.char.add("Atelier ", np.char.zfill(idx, 3)),
-        np.char.add("Maison ", np.char.zfill(idx, 3)),
+        padded("Atelier ", idx, 3),
+        padded("Maison ", idx, 3),
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from nextbest.simulate.config import SimConfig
 
-__all__ = ["CATEGORIES", "EFFECT_TYPES", "REGIONS", "World", "build_world"]
+__all__ = ["CATEGORIES", "EFFECT_TYPES", "REGIONS", "World", "build_world", "padded"]
 
 CATEGORIES = (
     "dresses",
@@ -45,6 +45,14 @@ ACQUISITION = ("organic", "paid_search", "social", "referral", "affiliate")
 EFFECT_TYPES = ("sure_thing", "persuadable", "sleeping_dog", "lost_cause")
 _EFFECT_SHARES = (0.10, 0.25, 0.07, 0.58)
 _FACTORS = 6
+
+
+def padded(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
+    """Ids such as ``C0000042``: the prefix and zero-padded numbers (empty in, empty out)."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    if not len(numbers):
+        return np.empty(0, dtype=f"<U{len(prefix) + width}")
+    return np.char.add(prefix, np.char.zfill(numbers.astype(str), width))
 
 
 @dataclass
@@ -89,14 +97,14 @@ class World:
 
     def customer_ids(self, idx: np.ndarray | None = None) -> np.ndarray:
         rows = np.arange(self.n) if idx is None else idx
-        return np.char.add("C", np.char.zfill((rows + 1).astype(str), 7))
+        return padded("C", rows + 1, 7)
 
     def sale_ids(self, idx: np.ndarray) -> np.ndarray:
         day = self.sale_day[idx]
         k = idx - day * self.config.sales_per_day
         return np.char.add(
-            np.char.add("S", np.char.zfill(day.astype(str), 3)),
-            np.char.add("-", np.char.zfill(k.astype(str), 2)),
+            padded("S", day, 3),
+            padded("-", k, 2),
         )
 
     def day_start(self, day: int) -> datetime:

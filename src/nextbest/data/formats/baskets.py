@@ -50,7 +50,7 @@ def read(path: Path, options: ReadOptions) -> Iterator[Batch]:
                         "events",
                         "(row)",
                         "at least one item",
-                        "an empty basket",
+                        "",
                         text,
                     )
                 )

@@ -90,7 +90,7 @@ def _split(raw: Batch, path: Path) -> Iterator[Batch]:
         ok &= ~bad
     lines = raw.lines[ok]
     d = {k: v[ok] for k, v in d.items()}
-    ids = np.char.add("H", np.char.zfill((lines - 1).astype(str), 6))
+    ids = np.asarray([f"H{n - 1:06d}" for n in lines.tolist()], dtype=str)
     m = len(ids)
     yield batch(
         "customers",
