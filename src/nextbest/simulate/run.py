@@ -199,7 +199,7 @@ def _offers(w: World) -> pa.Table:
             "margin": pa.array(w.sale_margin, pa.float64()),
             "discount": pa.array(w.sale_discount, pa.float64()),
             "capacity": pa.array(w.sale_capacity, pa.int64()),
-            "tags": pa.array(np.where(new, "new_designer", None), pa.string()),
+            "tags": pa.array(["new_designer" if x else None for x in new], pa.string()),
         }
     )
 

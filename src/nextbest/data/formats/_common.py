@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ __all__ = ["batch", "lines_in_chunks", "reject"]
 
 def batch(
     table: str,
-    columns: dict[str, object],
+    columns: Mapping[str, object],
     lines: np.ndarray,
     source: Path | str,
     rejects: list[Reject] | None = None,

@@ -80,7 +80,11 @@ def _log_batches(
     customer = np.asarray(
         ["obd-" + hashlib.sha1(u.encode()).hexdigest()[:12] for u in users], dtype=object
     )
-    new = [i for i, c in enumerate(customer) if c not in seen and not seen.add(c)]
+    new = []
+    for i, c in enumerate(customer):
+        if c not in seen:
+            seen.add(c)
+            new.append(i)
     yield Batch(
         "customers",
         pa.table(
