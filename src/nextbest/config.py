@@ -8,6 +8,7 @@ Unknown keys are errors that name the key, so a typo never turns silently into a
     [warehouse]
     backend = "duckdb"            # the only backend wired up today; queries are Ibis
     path = "warehouse.duckdb"     # relative to the workspace
+    memory_limit = "4GB"          # DuckDB spills to disk (in .tmp/ of the workspace) beyond it
 
     [ingest]
     batch_rows = 250000           # rows read and validated at a time
@@ -61,6 +62,8 @@ class WorkspaceConfig(_Strict):
 class WarehouseConfig(_Strict):
     backend: Literal["duckdb"] = "duckdb"
     path: str = "warehouse.duckdb"
+    # DuckDB spills to disk beyond this, so large loads run in bounded memory.
+    memory_limit: str = Field("4GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
 
 class Mapping(_Strict):
@@ -101,7 +104,8 @@ def default_config_text(name: str) -> str:
     return (
         "# nextbest workspace configuration; unknown keys are errors.\n"
         f'[workspace]\nname = "{name}"\n\n'
-        '[warehouse]\nbackend = "duckdb"\npath = "warehouse.duckdb"\n\n'
+        '[warehouse]\nbackend = "duckdb"\npath = "warehouse.duckdb"\n'
+        'memory_limit = "4GB"   # DuckDB spills to disk beyond this\n\n'
         "[ingest]\nbatch_rows = 250000\n"
         '# default_timezone = "UTC"   # for timestamps without an offset\n'
         'reports = "reports"\n'

@@ -16,6 +16,7 @@ from typing import Any
 import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
+import pyarrow as pa
 
 from nextbest.config import WarehouseConfig
 from nextbest.data.schema import LOAD_ORDER, TABLES
@@ -71,8 +72,11 @@ class Warehouse:
         if not path.is_absolute():
             path = root / path
         path.parent.mkdir(parents=True, exist_ok=True)
+        spill = path.parent / ".tmp"
         try:
-            con = ibis.duckdb.connect(str(path))
+            con = ibis.duckdb.connect(
+                str(path), memory_limit=config.memory_limit, temp_directory=str(spill)
+            )
         except Exception as exc:  # the driver's own exception types vary by version
             raise ConfigError(f"{path}: cannot open the warehouse ({exc})") from None
         wh = cls(con)
@@ -101,7 +105,15 @@ class Warehouse:
         return {name: self.count(name) for name in (*LOAD_ORDER, *BOOKKEEPING)}
 
     def insert(self, name: str, obj: Any) -> None:
-        self.con.insert(name, obj)
+        """Insert an Ibis expression or an Arrow table into a table."""
+        if isinstance(obj, pa.Table):
+            # ibis keeps every in-memory table registered for the connection's life; a large
+            # load would hold all its batches in memory, so each one is released once copied.
+            mem = ibis.memtable(obj)
+            self.con.insert(name, mem)
+            self.con.con.unregister(mem.op().name)
+        else:
+            self.con.insert(name, obj)
 
     def create_temp(self, name: str, schema: dict[str, dt.DataType]) -> None:
         self.con.create_table(name, schema=ibis.schema(schema), temp=True, overwrite=True)
