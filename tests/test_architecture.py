@@ -76,6 +76,27 @@ PUBLIC = {
         "ingest",
     },
     "nextbest.measure": {"HeadlineKpis", "headline_kpis"},
+    "nextbest.features": {
+        "SEGMENTS",
+        "WINDOWS",
+        "customer_features",
+        "rfm",
+        "rfm_migration",
+        "training_set",
+    },
+    "nextbest.simulate": {
+        "POLICIES",
+        "DayOutcome",
+        "Policy",
+        "PopularPolicy",
+        "RandomPolicy",
+        "RetailEnvironment",
+        "SimConfig",
+        "SimSummary",
+        "World",
+        "build_world",
+        "simulate",
+    },
 }
 
 

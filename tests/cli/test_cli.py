@@ -93,7 +93,40 @@ def test_unknown_key_in_configuration_is_named(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help(tmp_path: Path) -> None:
-    for command in ("init", "ingest", "status", "quarantine", "simulate", "demo"):
+    for command in (
+        "init",
+        "ingest",
+        "status",
+        "quarantine",
+        "simulate",
+        "demo",
+        "features",
+        "rfm",
+    ):
         done = run(command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
         assert "Usage" in done.stdout
+
+
+def test_features_and_rfm_commands(tmp_path: Path) -> None:
+    run("init", "shop", cwd=tmp_path)
+    (tmp_path / "customers.csv").write_text("customer_id\nc1\nc2\n")
+    (tmp_path / "events.csv").write_text(
+        "event_id,customer_id,ts,type,amount\ne1,c1,2024-05-01T00:00:00Z,purchase,10\n"
+    )
+    run("ingest", "customers.csv", "events.csv", "-w", "shop", cwd=tmp_path)
+    done = run("features", "--as-of", "2024-06-01", "-w", "shop", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["customers"] == 2 and (tmp_path / info["out"]).exists()
+    scores = json.loads(
+        run("rfm", "--as-of", "2024-06-01", "-w", "shop", "--json", cwd=tmp_path).stdout
+    )
+    # A lone buyer has percent rank 0 on every axis: code 111, segment lost.
+    assert {s["segment"]: s["customers"] for s in scores["segments"]} == {
+        "lost": 1,
+        "inactive": 1,
+    }
+    bad = run("rfm", "--as-of", "June", "-w", "shop", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "--as-of: expected a date such as 2026-03-01, got 'June'" in bad.stderr

@@ -1,0 +1,121 @@
+"""``nextbest features`` and ``nextbest rfm``: the customer 360 and its RFM view."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nextbest.cli.console import out, print_json, table
+from nextbest.cli.main import JsonOpt, WorkspaceOpt, command, open_workspace
+from nextbest.errors import ConfigError
+from nextbest.features import SEGMENTS, customer_features, rfm, rfm_migration
+
+__all__ = ["features_cmd", "rfm_cmd"]
+
+
+def parse_date(text: str, option: str) -> datetime:
+    """A date or timestamp from the command line; dates are midnight UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option}: expected a date such as 2026-03-01, got {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@command("features")
+def features_cmd(
+    as_of: Annotated[str, typer.Option("--as-of", help="Date: features use events before it.")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Parquet file (default: in the workspace).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the customer 360 as of a date: one row per customer."""
+    ws = open_workspace(workspace)
+    when = parse_date(as_of, "--as-of")
+    path = out_file or ws.root / "features" / f"customer360-{when:%Y-%m-%d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = customer_features(ws.warehouse, when).to_pyarrow()
+    import pyarrow.parquet as pq
+
+    pq.write_table(data, path)
+    summary = {
+        "as_of": when.isoformat(),
+        "customers": data.num_rows,
+        "columns": data.column_names,
+        "out": str(path),
+    }
+    if as_json:
+        print_json(summary)
+        return
+    out.print(
+        f"Customer 360 as of {when:%Y-%m-%d}: {data.num_rows:,} customers x "
+        f"{data.num_columns} columns -> {path}"
+    )
+
+
+@command("rfm")
+def rfm_cmd(
+    as_of: Annotated[str, typer.Option("--as-of", help="Date of the scores.")],
+    compare: Annotated[
+        str | None, typer.Option(help="An earlier date: show migration from it.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Customers to list by value.")] = 10,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """RFM scores and segments, the most valuable customers, and migration between dates."""
+    ws = open_workspace(workspace)
+    when = parse_date(as_of, "--as-of")
+    scores = rfm(ws.warehouse, when)
+    by = (
+        scores.group_by("segment")
+        .aggregate(customers=scores.count(), monetary=scores.monetary.sum())
+        .to_pyarrow()
+        .to_pylist()
+    )
+    order = {s: i for i, s in enumerate(SEGMENTS)}
+    by.sort(key=lambda x: order[x["segment"]])
+    best = scores.limit(top).to_pyarrow().to_pylist()
+    moves = None
+    if compare:
+        moves = rfm_migration(ws.warehouse, parse_date(compare, "--compare"), when)
+        moves = moves.to_pyarrow().to_pylist()
+    if as_json:
+        print_json({"segments": by, "top": best, "migration": moves})
+        return
+    out.print(
+        table(
+            f"RFM segments as of {when:%Y-%m-%d}",
+            ["segment", "customers", "monetary"],
+            [[x["segment"], x["customers"], float(x["monetary"])] for x in by],
+        )
+    )
+    out.print(
+        table(
+            "Most valuable customers",
+            ["rank", "customer", "code", "segment", "monetary"],
+            [
+                [x["value_rank"], x["customer_id"], x["code"], x["segment"], float(x["monetary"])]
+                for x in best
+            ],
+        )
+    )
+    if moves:
+        present = [
+            s
+            for s in SEGMENTS
+            if any(m["from_segment"] == s or m["to_segment"] == s for m in moves)
+        ]
+        grid = {(m["from_segment"], m["to_segment"]): m["customers"] for m in moves}
+        out.print(
+            table(
+                f"Migration {compare} -> {as_of} (rows: from, columns: to)",
+                ["from", *present],
+                [[a, *[grid.get((a, b), 0) for b in present]] for a in present],
+            )
+        )
