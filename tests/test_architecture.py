@@ -75,7 +75,16 @@ PUBLIC = {
         "contract",
         "ingest",
     },
-    "nextbest.measure": {"HeadlineKpis", "headline_kpis"},
+    "nextbest.measure": {
+        "FUNNELS",
+        "GROUPS",
+        "FunnelStep",
+        "HeadlineKpis",
+        "acquisition_profitability",
+        "funnel",
+        "headline_kpis",
+        "kpis_by",
+    },
     "nextbest.features": {
         "SEGMENTS",
         "WINDOWS",

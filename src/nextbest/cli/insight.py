@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +13,9 @@ from nextbest.cli.console import out, print_json, table
 from nextbest.cli.main import JsonOpt, WorkspaceOpt, command, open_workspace
 from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, customer_features, rfm, rfm_migration
+from nextbest.measure.funnels import FUNNELS, acquisition_profitability, funnel, kpis_by
 
-__all__ = ["features_cmd", "rfm_cmd"]
+__all__ = ["features_cmd", "kpi_cmd", "rfm_cmd"]
 
 
 def parse_date(text: str, option: str) -> datetime:
@@ -119,3 +121,93 @@ def rfm_cmd(
                 [[a, *[grid.get((a, b), 0) for b in present]] for a in present],
             )
         )
+
+
+@command("kpi")
+def kpi_cmd(
+    start: Annotated[str | None, typer.Option("--from", help="First day (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Last day (exclusive).")] = None,
+    by: Annotated[
+        str, typer.Option(help="Group by segment, channel, region or acquisition_channel.")
+    ] = "acquisition_channel",
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """KPIs by group, the e-mail and site funnels, and acquisition-channel profitability."""
+    ws = open_workspace(workspace)
+    lo = parse_date(start, "--from") if start else None
+    hi = parse_date(end, "--to") if end else None
+    rows = kpis_by(ws.warehouse, by, lo, hi).to_pyarrow().to_pylist()
+    funnels = {name: funnel(ws.warehouse, name, lo, hi) for name in FUNNELS}
+    acquisition = acquisition_profitability(ws.warehouse, lo, hi).to_pyarrow().to_pylist()
+    if as_json:
+        print_json(
+            {
+                "by": by,
+                "kpis": rows,
+                "funnels": {k: [asdict(s) for s in v] for k, v in funnels.items()},
+                "acquisition": acquisition,
+            }
+        )
+        return
+    print_kpi_tables(by, rows, funnels, acquisition)
+
+
+def print_kpi_tables(by: str, rows: list[dict], funnels: dict, acquisition: list[dict]) -> None:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    out.print(
+        table(
+            f"KPIs by {by}",
+            [
+                by,
+                "members",
+                "orders",
+                "revenue/member",
+                "AOV",
+                "conversion",
+                "open",
+                "click",
+                "unsub",
+            ],
+            [
+                [
+                    r["group"],
+                    r["members"],
+                    r["orders"],
+                    r["revenue_per_member"],
+                    r["aov"],
+                    pct(r["conversion"]),
+                    pct(r["open_rate"]),
+                    pct(r["click_rate"]),
+                    pct(r["unsubscribe_rate"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    for name, steps in funnels.items():
+        out.print(
+            table(
+                f"{name.capitalize()} funnel (member-days)",
+                ["step", "count", "of start", "drop-off"],
+                [[s.step, s.count, pct(s.share_of_start), pct(s.drop_off)] for s in steps],
+            )
+        )
+    out.print(
+        table(
+            "Acquisition channels",
+            ["channel", "members", "revenue/member", "margin/member", "referrals/member"],
+            [
+                [
+                    a["acquisition_channel"],
+                    a["members"],
+                    a["revenue_per_member"],
+                    a["margin_per_member"],
+                    a["referrals_per_member"],
+                ]
+                for a in acquisition
+            ],
+        )
+    )

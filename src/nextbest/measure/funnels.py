@@ -1,0 +1,180 @@
+"""KPIs by group, funnels with their drop-off, and acquisition-channel profitability.
+
+Definitions (over events in ``[start, end)``):
+
+- ``kpis_by``: per group of members (a customers column such as ``region`` or
+  ``acquisition_channel``, ``channel`` of the event, or ``segment`` = RFM segment at ``end``):
+  members, orders, revenue, margin, revenue and margin per member, average order value,
+  conversion (orders per visit), visits per member, open rate, click rate, click-to-open and
+  unsubscribe rate (per e-mail sent). Margin of a purchase line is its amount minus quantity x
+  the product's cost; lines without a product cost are left out of margin.
+- ``funnel``: strict funnels counted in member-days: a member-day reaches a step if it has the
+  step's event and reached every step before. ``email``: sent, opened, clicked, visited,
+  carted, bought; ``site``: visit, view, cart, purchase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import ibis
+import ibis.expr.types as ir
+
+from nextbest.data.warehouse import Warehouse
+from nextbest.features import rfm
+
+__all__ = ["FUNNELS", "GROUPS", "FunnelStep", "acquisition_profitability", "funnel", "kpis_by"]
+
+FUNNELS: dict[str, tuple[tuple[str, str], ...]] = {
+    "email": (
+        ("sent", "email_sent"),
+        ("opened", "email_open"),
+        ("clicked", "email_click"),
+        ("visited", "visit"),
+        ("carted", "add_to_cart"),
+        ("bought", "purchase"),
+    ),
+    "site": (
+        ("visit", "visit"),
+        ("view", "view"),
+        ("cart", "add_to_cart"),
+        ("purchase", "purchase"),
+    ),
+}
+GROUPS = ("segment", "channel", "region", "acquisition_channel")
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    step: str
+    count: int
+    share_of_start: float | None
+    drop_off: float | None  # share lost since the previous step
+
+
+def _period(warehouse: Warehouse, start: datetime | None, end: datetime | None) -> ir.Table:
+    ev = warehouse.table("events")
+    if start is not None:
+        ev = ev.filter(ev.ts >= ibis.literal(start, type="timestamp('UTC')"))
+    if end is not None:
+        ev = ev.filter(ev.ts < ibis.literal(end, type="timestamp('UTC')"))
+    return ev.filter(ev.customer_id.notnull())
+
+
+def _ratio(num: ir.NumericValue, den: ir.NumericValue) -> ir.NumericValue:
+    return ibis.cases((den > 0, num.cast("float64") / den), else_=ibis.null("float64"))
+
+
+def kpis_by(
+    warehouse: Warehouse, by: str, start: datetime | None = None, end: datetime | None = None
+) -> ir.Table:
+    """One row of KPIs per group; see the module docstring."""
+    if by not in GROUPS:
+        from nextbest.errors import ConfigError
+
+        raise ConfigError(f"--by: expected one of {', '.join(GROUPS)}, got {by!r}")
+    ev = _period(warehouse, start, end)
+    products = warehouse.table("products")
+    ev = ev.left_join(products.select("product_id", unit_cost=products.cost), "product_id").drop(
+        "product_id_right"
+    )
+    customers = warehouse.table("customers")
+    if by == "segment":
+        when = end or datetime.now().astimezone()
+        groups = rfm(warehouse, when).select("customer_id", group=ibis._.segment)
+    elif by == "channel":
+        groups = None
+    else:
+        groups = customers.select("customer_id", group=customers[by].fill_null("unknown"))
+    if groups is not None:
+        ev = ev.join(groups, "customer_id")
+        members = groups.group_by("group").aggregate(members=groups.count())
+    else:
+        ev = ev.mutate(group=ev.channel.fill_null("none"))
+        members = ev.group_by("group").aggregate(members=ev.customer_id.nunique())
+    t = ev.type
+    purchase = t == "purchase"
+    amount = ev.amount.fill_null(0)
+    line_margin = amount - ev.quantity.fill_null(1) * ev.unit_cost
+    agg = ev.group_by("group").aggregate(
+        orders=ibis.cases(
+            (purchase, ibis.coalesce(ev.basket_id, ev.event_id)), else_=ibis.null("string")
+        ).nunique(),
+        revenue=ibis.cases((purchase, amount), (t == "return", -amount), else_=0).sum(),
+        margin=ibis.cases((purchase & ev.unit_cost.notnull(), line_margin), else_=0).sum(),
+        visits=(t == "visit").cast("int64").sum(),
+        sent=(t == "email_sent").cast("int64").sum(),
+        opens=(t == "email_open").cast("int64").sum(),
+        clicks=(t == "email_click").cast("int64").sum(),
+        unsubscribes=(t == "unsubscribe").cast("int64").sum(),
+    )
+    out = members.left_join(agg, "group").drop("group_right")
+    zero = ibis.literal(0)
+    return out.select(
+        "group",
+        "members",
+        orders=out.orders.fill_null(zero),
+        revenue=out.revenue.fill_null(zero),
+        margin=out.margin.fill_null(zero),
+        revenue_per_member=_ratio(out.revenue.fill_null(zero), out.members),
+        margin_per_member=_ratio(out.margin.fill_null(zero), out.members),
+        aov=_ratio(out.revenue, out.orders),
+        conversion=_ratio(out.orders, out.visits),
+        visits_per_member=_ratio(out.visits.fill_null(zero), out.members),
+        open_rate=_ratio(out.opens, out.sent),
+        click_rate=_ratio(out.clicks, out.sent),
+        click_to_open=_ratio(out.clicks, out.opens),
+        unsubscribe_rate=_ratio(out.unsubscribes, out.sent),
+    ).order_by(ibis.desc("revenue"))
+
+
+def funnel(
+    warehouse: Warehouse,
+    name: str = "email",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[FunnelStep]:
+    """The strict funnel ``name`` in member-days, with the drop-off at each step."""
+    steps = FUNNELS[name]
+    ev = _period(warehouse, start, end)
+    ev = ev.mutate(day=ev.ts.date())
+    flags = ev.group_by(["customer_id", "day"]).aggregate(
+        **{label: (ev.type == kind).any() for label, kind in steps}
+    )
+    reached: ir.BooleanValue | None = None
+    counts: dict[str, ir.Value] = {}
+    for label, _ in steps:
+        reached = flags[label] if reached is None else reached & flags[label]
+        counts[label] = reached.cast("int64").sum()
+    row = flags.aggregate(**counts).to_pyarrow().to_pylist()[0]
+    out, first, prev = [], None, None
+    for label, _ in steps:
+        n = int(row[label] or 0)
+        first = n if first is None else first
+        out.append(
+            FunnelStep(label, n, n / first if first else None, 1 - n / prev if prev else None)
+        )
+        prev = n
+    return out
+
+
+def acquisition_profitability(
+    warehouse: Warehouse, start: datetime | None = None, end: datetime | None = None
+) -> ir.Table:
+    """Revenue, margin and referrals per acquired member, by acquisition channel."""
+    k = kpis_by(warehouse, "acquisition_channel", start, end)
+    ev = _period(warehouse, start, end)
+    customers = warehouse.table("customers")
+    refs = ev.filter(ev.type == "referral").join(customers, "customer_id")
+    referrals = refs.group_by(group=refs.acquisition_channel.fill_null("unknown")).aggregate(
+        referrals=refs.count()
+    )
+    out = k.left_join(referrals, "group").drop("group_right")
+    return out.select(
+        acquisition_channel=out.group,
+        members=out.members,
+        revenue_per_member=out.revenue_per_member,
+        margin_per_member=out.margin_per_member,
+        referrals_per_member=_ratio(out.referrals.fill_null(0), out.members),
+    ).order_by(ibis.desc("revenue_per_member"))
