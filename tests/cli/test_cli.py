@@ -130,3 +130,34 @@ def test_features_and_rfm_commands(tmp_path: Path) -> None:
     bad = run("rfm", "--as-of", "June", "-w", "shop", cwd=tmp_path)
     assert bad.returncode == 1
     assert "--as-of: expected a date such as 2026-03-01, got 'June'" in bad.stderr
+
+
+def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
+    done = run(
+        "demo",
+        "--dir",
+        "d",
+        "--customers",
+        "800",
+        "--days",
+        "6",
+        "--no-serve",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["quarantined"] == 0
+    assert result["kpis"]["members"] == 800
+    assert 0.1 < result["kpis"]["open_rate"] < 0.3
+    text = run(
+        "demo", "--dir", "d", "--customers", "800", "--days", "6", "--no-serve", cwd=tmp_path
+    )
+    assert text.returncode == 0
+    for heading in ("Loads", "Headline KPIs", "RFM segments", "Email funnel", "Site funnel"):
+        assert heading in text.stdout
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    refused = run("demo", "--dir", "mine", "--no-serve", cwd=tmp_path)
+    assert refused.returncode == 1 and "was not made by 'nextbest demo'" in refused.stderr

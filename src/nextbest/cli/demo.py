@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,8 @@ from nextbest.cli.main import JsonOpt, command, print_loads
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.errors import ConfigError
+from nextbest.features import SEGMENTS, rfm
+from nextbest.measure.funnels import FUNNELS, funnel
 from nextbest.measure.kpi import HeadlineKpis, headline_kpis
 from nextbest.simulate import SimConfig, simulate
 
@@ -97,6 +100,7 @@ def demo(
             + ("" if quarantined else " (every simulated row met the contract)")
         )
         print_kpis(kpis)
+        _print_insight(ws)
         out.print(f"\nWorkspace: {ws.root}   ground truth: {sim_dir / 'truth'}")
         out.print(f"Explore it: nextbest status --workspace {ws.root}")
         if serve:
@@ -105,6 +109,38 @@ def demo(
                 "(--no-serve skips this step.)"
             )
     ws.close()
+
+
+def _print_insight(ws: Workspace) -> None:
+    """RFM segments at the end of the data, and the e-mail and site funnels."""
+    last = ws.warehouse.table("events").ts.max().execute()
+    if last is None:
+        return
+    when = (last + timedelta(days=1)).to_pydatetime()
+    scores = rfm(ws.warehouse, when)
+    by = scores.group_by("segment").aggregate(
+        customers=scores.count(), monetary=scores.monetary.sum()
+    )
+    rows = {r["segment"]: r for r in by.to_pyarrow().to_pylist()}
+    out.print(
+        table(
+            f"RFM segments on {when:%Y-%m-%d}",
+            ["segment", "customers", "monetary"],
+            [[s, rows[s]["customers"], float(rows[s]["monetary"])] for s in SEGMENTS if s in rows],
+        )
+    )
+    for name in FUNNELS:
+        steps = funnel(ws.warehouse, name)
+        out.print(
+            table(
+                f"{name.capitalize()} funnel (member-days)",
+                ["step", "count", "drop-off"],
+                [
+                    [s.step, s.count, "-" if s.drop_off is None else f"{100 * s.drop_off:.1f}%"]
+                    for s in steps
+                ],
+            )
+        )
 
 
 def print_kpis(k: HeadlineKpis) -> None:
