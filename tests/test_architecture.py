@@ -85,6 +85,15 @@ PUBLIC = {
         "headline_kpis",
         "kpis_by",
     },
+    "nextbest.models": {
+        "LEVELS",
+        "BasketMatrix",
+        "association_rules",
+        "basket_matrix",
+        "cross_sell_lift",
+        "frequent_itemsets",
+        "warehouse_baskets",
+    },
     "nextbest.features": {
         "SEGMENTS",
         "WINDOWS",

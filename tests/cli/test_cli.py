@@ -102,6 +102,8 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         "demo",
         "features",
         "rfm",
+        "kpi",
+        "basket",
     ):
         done = run(command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)

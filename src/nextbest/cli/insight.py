@@ -14,8 +14,9 @@ from nextbest.cli.main import JsonOpt, WorkspaceOpt, command, open_workspace
 from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, customer_features, rfm, rfm_migration
 from nextbest.measure.funnels import FUNNELS, acquisition_profitability, funnel, kpis_by
+from nextbest.models import association_rules, frequent_itemsets, warehouse_baskets
 
-__all__ = ["features_cmd", "kpi_cmd", "rfm_cmd"]
+__all__ = ["basket_cmd", "features_cmd", "kpi_cmd", "rfm_cmd"]
 
 
 def parse_date(text: str, option: str) -> datetime:
@@ -208,6 +209,64 @@ def print_kpi_tables(by: str, rows: list[dict], funnels: dict, acquisition: list
                     a["referrals_per_member"],
                 ]
                 for a in acquisition
+            ],
+        )
+    )
+
+
+@command("basket")
+def basket_cmd(
+    min_support: Annotated[float, typer.Option(help="Minimum share of baskets.")] = 0.01,
+    min_confidence: Annotated[float, typer.Option(help="Minimum confidence of a rule.")] = 0.3,
+    min_lift: Annotated[float | None, typer.Option(help="Minimum lift of a rule.")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Largest itemset.")] = None,
+    level: Annotated[str, typer.Option(help="product, category or brand.")] = "product",
+    top: Annotated[int, typer.Option(help="Rules to print.")] = 20,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write all rules (CSV).")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Frequent itemsets and association rules with support, confidence, lift and more."""
+    ws = open_workspace(workspace)
+    baskets = warehouse_baskets(ws.warehouse, level)
+    itemsets = frequent_itemsets(baskets, min_support, max_len)
+    rules = association_rules(itemsets, min_confidence, min_lift)
+    printable = rules.assign(
+        antecedents=rules.antecedents.map(lambda s: sorted(map(str, s))),
+        consequents=rules.consequents.map(lambda s: sorted(map(str, s))),
+    )
+    if out_file is not None:
+        printable.assign(
+            antecedents=printable.antecedents.str.join(" & "),
+            consequents=printable.consequents.str.join(" & "),
+        ).to_csv(out_file, index=False)
+    if as_json:
+        print_json(
+            {
+                "baskets": baskets.n_baskets,
+                "itemsets": len(itemsets),
+                "rules": printable.replace([float("inf")], None).to_dict("records"),
+            }
+        )
+        return
+    out.print(
+        f"{baskets.n_baskets:,} baskets over {len(baskets.items):,} {level}s: "
+        f"{len(itemsets):,} frequent itemsets, {len(rules):,} rules"
+    )
+    out.print(
+        table(
+            f"Top rules by lift ({level})",
+            ["if bought", "then", "support", "confidence", "lift", "leverage"],
+            [
+                [
+                    " & ".join(r.antecedents),
+                    " & ".join(r.consequents),
+                    r.support,
+                    r.confidence,
+                    r.lift,
+                    r.leverage,
+                ]
+                for r in printable.head(top).itertuples()
             ],
         )
     )

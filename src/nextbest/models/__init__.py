@@ -1,5 +1,23 @@
-"""models stage of nextbest."""
+"""Models stage: estimators of response, affinity, value; basket analysis."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from nextbest.models.basket import (
+    LEVELS,
+    BasketMatrix,
+    association_rules,
+    basket_matrix,
+    cross_sell_lift,
+    frequent_itemsets,
+    warehouse_baskets,
+)
+
+__all__ = [
+    "LEVELS",
+    "BasketMatrix",
+    "association_rules",
+    "basket_matrix",
+    "cross_sell_lift",
+    "frequent_itemsets",
+    "warehouse_baskets",
+]
