@@ -36,6 +36,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/bench_basket.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
