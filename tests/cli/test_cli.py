@@ -163,3 +163,16 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
     (other / "keep.txt").write_text("x")
     refused = run("demo", "--dir", "mine", "--no-serve", cwd=tmp_path)
     assert refused.returncode == 1 and "was not made by 'nextbest demo'" in refused.stderr
+
+
+def test_simulate_command_writes_tables_and_truth(tmp_path: Path) -> None:
+    done = run(
+        "simulate", "--customers", "300", "--days", "2", "--out", "sim", "--json", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["rows"]["customers"] == 300 and info["rows"]["offers"] == 80
+    assert (tmp_path / "sim" / "events.parquet").exists()
+    assert (tmp_path / "sim" / "truth" / "members.parquet").exists()
+    bad = run("simulate", "--customers", "3", "--out", "sim2", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: simulation settings:")

@@ -41,9 +41,9 @@ def simulate_cmd(
     summary = simulate(config, out_dir, reporter=RichReporter(enabled=not as_json))
     elapsed = time.perf_counter() - started
     if as_json:
-        print_json({"out": str(out_dir), "seconds": round(elapsed, 2), **_summary_dict(summary)})
+        print_json({"out": str(out_dir), "seconds": round(elapsed, 2), **summary.to_dict()})
         return
-    rows = [[name, n] for name, n in _summary_dict(summary).get("rows", {}).items()]
+    rows = [[name, n] for name, n in summary.rows.items()]
     out.print(table(f"Simulated retailer in {out_dir} ({elapsed:.1f} s)", ["table", "rows"], rows))
     out.print(f"Ground truth: {out_dir / 'truth'}")
 
@@ -175,10 +175,3 @@ def _sim_config(customers: int, days: int, seed: int, policy: str, file_format: 
         )
     except ValueError as exc:
         raise ConfigError(f"simulation settings: {exc}") from None
-
-
-def _summary_dict(summary: object) -> dict:
-    to_dict = getattr(summary, "to_dict", None)
-    if callable(to_dict):
-        return dict(to_dict())
-    return dict(getattr(summary, "__dict__", {}))
