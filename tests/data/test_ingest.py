@@ -148,6 +148,7 @@ BAD_FILES = [
         "event_id, customer_id, type",
     ),
     ("stuff.csv", b"a,b\n1,2\n", "stuff.csv: cannot tell the table from the file name"),
+    ("customers.parquet", b"PAR1 not really", "customers.parquet: not a readable Parquet file"),
     ("customers.xlsx", b"PK", "customers.xlsx: cannot tell the format from the suffix '.xlsx'"),
 ]
 
@@ -323,3 +324,13 @@ def test_a_large_parquet_file_loads_every_row(tmp_path: Path) -> None:
     ]
     assert ws.warehouse.count("events") == n - 1
     ws.close()
+
+
+def test_a_missing_file_fails_alone(loaded: Workspace) -> None:
+    good = loaded.root / "customers_extra.csv"
+    good.write_text("customer_id\nc77\n")
+    results = ingest(loaded.warehouse, [loaded.root / "nope.csv", good], loaded.config.ingest)
+    assert results[0].status == "failed" and results[0].message.endswith(
+        "nope.csv: no such file or folder"
+    )
+    assert results[1].status == "loaded"

@@ -101,11 +101,12 @@ class LoadResult:
 
 
 def expand_paths(paths: Sequence[Path], fmt: str | None) -> list[Path]:
-    """Folders without a format stand for the canonical files inside them, in load order."""
+    """Folders without a format stand for the canonical files inside them, in load order.
+
+    Paths that do not exist are kept, so that each fails on its own with a clear message.
+    """
     out: list[Path] = []
     for path in paths:
-        if not path.exists():
-            raise DataError(f"{path}: no such file or folder")
         if path.is_dir() and fmt is None:
             found = [p for p in sorted(path.iterdir()) if p.suffix in _SUFFIXES and _table_of(p)]
             if not found:
@@ -136,6 +137,8 @@ def ingest(
     results = []
     for path in expand_paths(paths, fmt):
         try:
+            if not path.exists():
+                raise DataError(f"{path}: no such file or folder")
             result = ingest_path(
                 warehouse,
                 path,
@@ -147,6 +150,9 @@ def ingest(
             )
         except DataError as exc:
             result = LoadResult(str(path), fmt or "auto", "failed", message=str(exc))
+        except pa.ArrowException as exc:  # a reader met something it cannot parse at all
+            message = f"{path}: cannot be read as {fmt or 'its suffix says'} ({exc})"
+            result = LoadResult(str(path), fmt or "auto", "failed", message=message)
         if reports is not None and result.status != "already loaded":
             result.report = str(_write_report(warehouse, result, reports))
         results.append(result)
