@@ -176,3 +176,33 @@ def test_simulate_command_writes_tables_and_truth(tmp_path: Path) -> None:
     assert (tmp_path / "sim" / "truth" / "members.parquet").exists()
     bad = run("simulate", "--customers", "3", "--out", "sim2", cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.startswith("Error: simulation settings:")
+
+
+@pytest.mark.shared_data
+def test_basket_command_on_groceries(tmp_path: Path) -> None:
+    from tests.conftest import shared_data
+
+    path = shared_data("groceries", "groceries.csv")
+    run("init", "shop", cwd=tmp_path)
+    run("ingest", str(path), "--format", "baskets", "-w", "shop", cwd=tmp_path)
+    done = run(
+        "basket",
+        "--min-support",
+        "0.01",
+        "--min-confidence",
+        "0.4",
+        "-w",
+        "shop",
+        "--json",
+        "--out",
+        "rules.csv",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["baskets"], result["itemsets"], len(result["rules"])) == (9_835, 333, 62)
+    best = result["rules"][0]
+    assert best["antecedents"] == ["groceries:citrus fruit", "groceries:root vegetables"]
+    assert best["consequents"] == ["groceries:other vegetables"]
+    assert best["lift"] == pytest.approx(3.0296, abs=1e-4)
+    assert (tmp_path / "rules.csv").read_text().count("\n") == 63

@@ -14,7 +14,12 @@ from nextbest.cli.main import JsonOpt, WorkspaceOpt, command, open_workspace
 from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, customer_features, rfm, rfm_migration
 from nextbest.measure.funnels import FUNNELS, acquisition_profitability, funnel, kpis_by
-from nextbest.models import association_rules, frequent_itemsets, warehouse_baskets
+from nextbest.models import (
+    association_rules,
+    cross_sell_lift,
+    frequent_itemsets,
+    warehouse_baskets,
+)
 
 __all__ = ["basket_cmd", "features_cmd", "kpi_cmd", "rfm_cmd"]
 
@@ -240,12 +245,15 @@ def basket_cmd(
             antecedents=printable.antecedents.str.join(" & "),
             consequents=printable.consequents.str.join(" & "),
         ).to_csv(out_file, index=False)
+    pairs = cross_sell_lift(baskets)
+    pairs = pairs[pairs.baskets >= max(1.0, min_support * baskets.n_baskets)]
     if as_json:
         print_json(
             {
                 "baskets": baskets.n_baskets,
                 "itemsets": len(itemsets),
                 "rules": printable.replace([float("inf")], None).to_dict("records"),
+                "cross_sell": pairs.head(top).to_dict("records"),
             }
         )
         return
@@ -267,6 +275,16 @@ def basket_cmd(
                     r.leverage,
                 ]
                 for r in printable.head(top).itertuples()
+            ],
+        )
+    )
+    out.print(
+        table(
+            f"Cross-sell lift between {level}s (pairs in at least min-support of baskets)",
+            ["bought", "also buys", "baskets", "P(B|A)", "P(B)", "lift"],
+            [
+                [str(p.a), str(p.b), int(p.baskets), p.p_b_given_a, p.p_b, p.lift]
+                for p in pairs.head(top).itertuples()
             ],
         )
     )
