@@ -88,6 +88,9 @@ PUBLIC = {
     "nextbest.models": {
         "LEVELS",
         "BasketMatrix",
+        "SegmentationResult",
+        "Segmenter",
+        "run_segmentation",
         "association_rules",
         "basket_matrix",
         "cross_sell_lift",

@@ -40,6 +40,7 @@ __all__ = [
     "Config",
     "IngestConfig",
     "Mapping",
+    "Segmentation",
     "WarehouseConfig",
     "WorkspaceConfig",
     "default_config_text",
@@ -93,10 +94,22 @@ class IngestConfig(_Strict):
         return value
 
 
+class Segmentation(_Strict):
+    """A segmentation for a purpose: the customer 360 columns it clusters on, and how."""
+
+    purpose: str = Field(min_length=1)
+    features: list[str] = Field(min_length=1)
+    method: Literal["kmeans", "gmm"] = "kmeans"
+    k: int | None = Field(None, ge=2, le=50)
+    k_max: int = Field(8, ge=2, le=50)
+    random_state: int = 0
+
+
 class Config(_Strict):
     workspace: WorkspaceConfig = Field(default_factory=lambda: WorkspaceConfig())
     warehouse: WarehouseConfig = Field(default_factory=lambda: WarehouseConfig())
     ingest: IngestConfig = Field(default_factory=lambda: IngestConfig())
+    segmentations: dict[str, Segmentation] = Field(default_factory=dict)
 
 
 def default_config_text(name: str) -> str:

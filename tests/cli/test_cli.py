@@ -104,6 +104,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         "rfm",
         "kpi",
         "basket",
+        "segment",
     ):
         done = run(command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
@@ -206,3 +207,25 @@ def test_basket_command_on_groceries(tmp_path: Path) -> None:
     assert best["consequents"] == ["groceries:other vegetables"]
     assert best["lift"] == pytest.approx(3.0296, abs=1e-4)
     assert (tmp_path / "rules.csv").read_text().count("\n") == 63
+
+
+def test_segment_command(tmp_path: Path) -> None:
+    run("demo", "--dir", "d", "--customers", "600", "--days", "10", "--no-serve", cwd=tmp_path)
+    ws = tmp_path / "d" / "workspace"
+    cfg = ws / "nextbest.toml"
+    cfg.write_text(
+        cfg.read_text() + '\n[segmentations.pressure]\npurpose = "e-mail pressure"\n'
+        'features = ["open_rate_30", "visits_30"]\nk = 3\n'
+    )
+    listed = json.loads(run("segment", "-w", str(ws), "--json", cwd=tmp_path).stdout)
+    assert listed["pressure"]["features"] == ["open_rate_30", "visits_30"]
+    assert "engagement" in listed  # the demo declares one of its own
+    done = run("segment", "pressure", "-w", str(ws), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["k"] == 3 and sum(p["customers"] for p in result["profiles"]) > 500
+    missing = run("segment", "winback", "-w", str(ws), cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "segmentation 'winback' is not in nextbest.toml; known: engagement, pressure" in (
+        missing.stderr
+    )

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from nextbest.cli.console import RichReporter, out, print_json, table
+from nextbest.cli.insight import print_segments
 from nextbest.cli.main import JsonOpt, command, print_loads
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
@@ -18,11 +19,18 @@ from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, rfm
 from nextbest.measure.funnels import FUNNELS, funnel
 from nextbest.measure.kpi import HeadlineKpis, headline_kpis
+from nextbest.models import run_segmentation
 from nextbest.simulate import SimConfig, simulate
 
 __all__ = ["demo", "simulate_cmd"]
 
 _MARKER = ".nextbest-demo"
+_DEMO_SEGMENTATION = """
+[segmentations.engagement]
+purpose = "match e-mail pressure to how members engage"
+features = ["open_rate_90", "click_rate_90", "visits_90"]
+k = 4
+"""
 
 
 @command("simulate")
@@ -77,6 +85,9 @@ def demo(
     if not as_json:
         out.print(f"[bold]2/3[/] Creating the workspace {directory / 'workspace'}")
     ws = Workspace.init(directory / "workspace", name="demo")
+    config = ws.root / "nextbest.toml"
+    config.write_text(config.read_text() + _DEMO_SEGMENTATION, encoding="utf-8")
+    ws = Workspace.open(ws.root)
     if not as_json:
         out.print("[bold]3/3[/] Loading the simulated tables")
     results = ingest(
@@ -129,6 +140,8 @@ def _print_insight(ws: Workspace) -> None:
             [[s, rows[s]["customers"], float(rows[s]["monetary"])] for s in SEGMENTS if s in rows],
         )
     )
+    for name, spec in ws.config.segmentations.items():
+        print_segments(run_segmentation(ws.warehouse, name, spec, when))
     for name in FUNNELS:
         steps = funnel(ws.warehouse, name)
         out.print(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 
 from nextbest.cli.console import out, print_json, table
@@ -15,13 +16,15 @@ from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, customer_features, rfm, rfm_migration
 from nextbest.measure.funnels import FUNNELS, acquisition_profitability, funnel, kpis_by
 from nextbest.models import (
+    SegmentationResult,
     association_rules,
     cross_sell_lift,
     frequent_itemsets,
+    run_segmentation,
     warehouse_baskets,
 )
 
-__all__ = ["basket_cmd", "features_cmd", "kpi_cmd", "rfm_cmd"]
+__all__ = ["basket_cmd", "features_cmd", "kpi_cmd", "rfm_cmd", "segment_cmd"]
 
 
 def parse_date(text: str, option: str) -> datetime:
@@ -288,3 +291,83 @@ def basket_cmd(
             ],
         )
     )
+
+
+@command("segment")
+def segment_cmd(
+    name: Annotated[str | None, typer.Argument(help="A segmentation in nextbest.toml.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Date (default: the day after the last event).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cluster customers for a purpose declared in nextbest.toml, and profile the segments."""
+    ws = open_workspace(workspace)
+    specs = ws.config.segmentations
+    if name is None:
+        listing = {n: s.model_dump() for n, s in specs.items()}
+        if as_json:
+            print_json(listing)
+        elif not specs:
+            out.print(
+                "No segmentations in nextbest.toml yet; declare one under "
+                "[segmentations.NAME] (see src/nextbest/models/segmentation.py)."
+            )
+        else:
+            out.print(
+                table(
+                    "Segmentations",
+                    ["name", "purpose", "features", "method"],
+                    [[n, s.purpose, ", ".join(s.features), s.method] for n, s in specs.items()],
+                )
+            )
+        return
+    if name not in specs:
+        known = ", ".join(specs) or "none declared"
+        raise ConfigError(f"segmentation {name!r} is not in nextbest.toml; known: {known}")
+    if as_of:
+        when = parse_date(as_of, "--as-of")
+    else:
+        last = ws.warehouse.table("events").ts.max().execute()
+        if last is None:
+            raise ConfigError("the warehouse has no events to segment on; ingest some first")
+        when = (last + pd.Timedelta(days=1)).floor("D").to_pydatetime()
+    result = run_segmentation(ws.warehouse, name, specs[name], when)
+    path = ws.root / "segments" / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.labels.to_parquet(path, index=False)
+    if as_json:
+        print_json(
+            {
+                "name": name,
+                "purpose": result.purpose,
+                "as_of": when.isoformat(),
+                "k": result.k,
+                "scores": result.scores,
+                "out": str(path),
+                "profiles": result.profiles.to_dict("records"),
+            }
+        )
+        return
+    print_segments(result, path)
+
+
+def print_segments(result: SegmentationResult, path: Path | None = None) -> None:
+    out.print(
+        f"Segmentation [bold]{result.name}[/]: {result.purpose} (as of "
+        f"{result.as_of:%Y-%m-%d}, k = {result.k})"
+    )
+    p = result.profiles
+    out.print(
+        table(
+            "Segment profiles",
+            ["segment", "customers", "share", "value", "what sets it apart"],
+            [
+                [int(r.segment), int(r.customers), f"{100 * r.share:.1f}%", r.value, r.apart]
+                for r in p.itertuples()
+            ],
+        )
+    )
+    if path is not None:
+        out.print(f"  segment of every customer: {path}")

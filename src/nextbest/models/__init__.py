@@ -11,13 +11,17 @@ from nextbest.models.basket import (
     frequent_itemsets,
     warehouse_baskets,
 )
+from nextbest.models.segmentation import SegmentationResult, Segmenter, run_segmentation
 
 __all__ = [
     "LEVELS",
     "BasketMatrix",
+    "SegmentationResult",
+    "Segmenter",
     "association_rules",
     "basket_matrix",
     "cross_sell_lift",
     "frequent_itemsets",
+    "run_segmentation",
     "warehouse_baskets",
 ]

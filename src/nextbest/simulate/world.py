@@ -3,7 +3,10 @@
 Everything here is drawn once from the seed, before the first day, so that any policy run in
 the environment faces the same members and the same sales.
 
-Members have a low-rank taste vector; brands and categories have vectors in the same space, so
+Members belong to one of four latent groups (``TASTE_GROUPS``: enthusiasts, browsers, bargain
+hunters, sleepers), which set the centre of their taste vector, their e-mail open propensity,
+their site activity and their price sensitivity. Members have a low-rank taste vector; brands
+and categories have vectors in the same space, so
 a member's affinity for a sale is the dot product of her taste with the sale's brand and
 category vectors (standardised). Each member also has an e-mail open propensity, a site
 activity level, a price sensitivity, a taste for novelty (new designers) and one of four
@@ -24,7 +27,15 @@ import numpy as np
 
 from nextbest.simulate.config import SimConfig
 
-__all__ = ["CATEGORIES", "EFFECT_TYPES", "REGIONS", "World", "build_world", "padded"]
+__all__ = [
+    "CATEGORIES",
+    "EFFECT_TYPES",
+    "REGIONS",
+    "TASTE_GROUPS",
+    "World",
+    "build_world",
+    "padded",
+]
 
 CATEGORIES = (
     "dresses",
@@ -45,6 +56,11 @@ ACQUISITION = ("organic", "paid_search", "social", "referral", "affiliate")
 EFFECT_TYPES = ("sure_thing", "persuadable", "sleeping_dog", "lost_cause")
 _EFFECT_SHARES = (0.10, 0.25, 0.07, 0.58)
 _FACTORS = 6
+TASTE_GROUPS = ("enthusiasts", "browsers", "bargain_hunters", "sleepers")
+_GROUP_SHARES = (0.2, 0.3, 0.25, 0.25)
+_OPEN = np.array([[32.0, 24.0], [16.0, 32.0], [8.0, 40.0], [2.0, 38.0]])  # beta(a, b) of open_base
+_ACTIVITY = np.array([2.5, 1.5, 0.8, 0.3])
+_PRICE = np.array([[2.0, 4.0], [2.0, 2.0], [6.0, 2.0], [2.0, 2.0]])  # beta(a, b)
 
 
 def padded(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
@@ -69,6 +85,7 @@ class World:
     acquisition: np.ndarray  # int index into ACQUISITION
     referred_by: np.ndarray  # int member index or -1
     consent: dict[str, np.ndarray]
+    taste_group: np.ndarray  # int index into TASTE_GROUPS
     taste: np.ndarray  # (n, factors)
     open_base: np.ndarray
     activity: np.ndarray
@@ -160,6 +177,7 @@ def build_world(config: SimConfig) -> World:
     price = np.round(rng.lognormal(np.log(60), 0.6, sales), 2)
     discount = np.round(rng.uniform(0.2, 0.7, sales), 2)
     base = max(20, n // 200)
+    group = rng.choice(len(TASTE_GROUPS), n, p=_GROUP_SHARES)
     return World(
         config=config,
         signup_day=signup_day,
@@ -170,10 +188,12 @@ def build_world(config: SimConfig) -> World:
         acquisition=acquisition,
         referred_by=referred_by,
         consent=consent,
-        taste=rng.normal(0, 1, (n, _FACTORS)),
-        open_base=rng.beta(2.6, 7.0, n),
-        activity=rng.gamma(1.5, 0.012, n),
-        price_sensitivity=rng.beta(2, 2, n),
+        taste_group=group,
+        taste=rng.normal(0, 0.8, (len(TASTE_GROUPS), _FACTORS))[group]
+        + rng.normal(0, 0.6, (n, _FACTORS)),
+        open_base=rng.beta(_OPEN[group, 0], _OPEN[group, 1]),
+        activity=rng.gamma(1.5, 0.012, n) * _ACTIVITY[group],
+        price_sensitivity=rng.beta(_PRICE[group, 0], _PRICE[group, 1]),
         novelty=rng.beta(1.5, 3, n),
         effect_type=rng.choice(len(EFFECT_TYPES), n, p=_EFFECT_SHARES),
         brand_vec=rng.normal(0, 1, (config.n_brands, _FACTORS)),

@@ -1,0 +1,81 @@
+"""Segmentation: recovers the simulator's latent groups, stable, profiled, clear errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from nextbest.config import Segmentation
+from nextbest.data.ingest import ingest
+from nextbest.data.workspace import Workspace
+from nextbest.errors import ConfigError, NotFittedError
+from nextbest.models import Segmenter, run_segmentation
+from nextbest.simulate import SimConfig, simulate
+
+AS_OF = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]:
+    root = tmp_path_factory.mktemp("seg")
+    simulate(SimConfig(n_customers=4_000, days=60, seed=3), root / "sim")
+    ws = Workspace.init(root / "ws")
+    ingest(ws.warehouse, [root / "sim"], ws.config.ingest)
+    return ws, root / "sim"
+
+
+def test_segments_recover_the_latent_groups(world: tuple[Workspace, Path]) -> None:
+    ws, sim = world
+    spec = Segmentation(purpose="e-mail engagement", features=["open_rate_90"], k=4)
+    result = run_segmentation(ws.warehouse, "engagement", spec, AS_OF)
+    truth = pq.read_table(sim / "truth" / "members.parquet").to_pandas().set_index("customer_id")
+    members = pq.read_table(sim / "customers.parquet").to_pandas().set_index("customer_id")
+    labels = result.labels.set_index("customer_id").segment
+    # Members with e-mail consent who joined before the 90-day window have an open rate to go on.
+    seen = members.loc[labels.index]
+    known = seen.consent_email & (seen.signup_ts < pd.Timestamp("2026-01-15", tz="UTC"))
+    groups = truth.loc[labels.index[known], "taste_group"]
+    ari = adjusted_rand_score(groups, labels[known])
+    shuffled = adjusted_rand_score(
+        np.random.default_rng(0).permutation(groups.to_numpy()), labels[known]
+    )
+    assert ari > 0.25 and abs(shuffled) < 0.01, (ari, shuffled)
+
+
+def test_k_is_chosen_stable_and_profiled(world: tuple[Workspace, Path]) -> None:
+    ws, _ = world
+    spec = Segmentation(
+        purpose="value", features=["open_rate_90", "visits_90", "monetary_365"], k_max=5
+    )
+    a = run_segmentation(ws.warehouse, "value", spec, AS_OF)
+    b = run_segmentation(ws.warehouse, "value", spec, AS_OF)
+    assert a.k == max(a.scores, key=lambda k: a.scores[k]) and set(a.scores) == {2, 3, 4, 5}
+    assert (a.labels.segment == b.labels.segment).all()  # seeded: same segments every run
+    p = a.profiles
+    assert p.customers.sum() == len(a.labels) and p.share.sum() == pytest.approx(1)
+    assert list(p.customers) == sorted(p.customers, reverse=True)  # numbered by size
+    assert all("sd" in text for text in p.apart)
+
+
+def test_a_feature_that_is_not_in_the_360_is_named(world: tuple[Workspace, Path]) -> None:
+    ws, _ = world
+    spec = Segmentation(purpose="x", features=["open_rate_90", "shoe_size"])
+    with pytest.raises(ConfigError, match=r"segmentations\.x\.features: 'shoe_size' is not"):
+        run_segmentation(ws.warehouse, "x", spec, AS_OF)
+
+
+def test_segmenter_follows_estimator_conventions() -> None:
+    X = pd.DataFrame({"a": np.r_[np.zeros(50), np.ones(50) * 10], "b": np.arange(100.0)})
+    model = Segmenter(k=2, random_state=1)
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+    assert model.fit(X) is model and model.k_ == 2
+    assert len(set(model.predict(X)[:50])) == 1 and len(set(model.predict(X)[50:])) == 1
+    with pytest.raises(ConfigError, match="method: expected 'kmeans' or 'gmm', got 'dbscan'"):
+        Segmenter(method="dbscan").fit(X)
