@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.features import customer_features, training_set
-from tests.conftest import shared_data
+from tests.conftest import cdnow_master
 
 AS_OF = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -135,13 +135,9 @@ def test_property_events_after_the_date_never_change_features(
 
 @pytest.mark.shared_data
 def test_cdnow_rfm_inputs_match_an_independent_pandas_computation(workspace: Workspace) -> None:
-    path = shared_data("cdnow", "CDNOW_master.txt")
-    ingest(workspace.warehouse, [path], workspace.config.ingest, fmt="cdnow")
+    raw = cdnow_master(workspace)
     as_of = datetime(1997, 10, 1, tzinfo=UTC)
     f = customer_features(workspace.warehouse, as_of).to_pandas().set_index("customer_id")
-    raw = pd.read_csv(path, sep=r"\s+", dtype={"customer_id": str, "date": str})
-    raw["ts"] = pd.to_datetime(raw.date, format="%Y%m%d", utc=True)
-    raw["customer_id"] = "cdnow-" + raw.customer_id
     seen = raw[raw.ts < as_of]
     expected = seen.groupby("customer_id").agg(
         frequency_all=("ts", "size"), monetary_all=("dollar_value", "sum"), last=("ts", "max")

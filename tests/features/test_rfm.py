@@ -11,7 +11,7 @@ import pytest
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.features import rfm, rfm_migration
-from tests.conftest import shared_data
+from tests.conftest import cdnow_master
 
 AS_OF = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -67,13 +67,9 @@ def test_migration_counts_every_customer_once(shop: Workspace) -> None:
 
 @pytest.mark.shared_data
 def test_cdnow_scores_match_pandas(workspace: Workspace) -> None:
-    path = shared_data("cdnow", "CDNOW_master.txt")
-    ingest(workspace.warehouse, [path], workspace.config.ingest, fmt="cdnow")
+    raw = cdnow_master(workspace)
     as_of = datetime(1998, 1, 1, tzinfo=UTC)
     got = rfm(workspace.warehouse, as_of).to_pandas().set_index("customer_id")
-    raw = pd.read_csv(path, sep=r"\s+", dtype={"customer_id": str, "date": str})
-    raw["ts"] = pd.to_datetime(raw.date, format="%Y%m%d", utc=True)
-    raw["customer_id"] = "cdnow-" + raw.customer_id
     seen = raw[(raw.ts < as_of) & (raw.ts >= as_of - pd.Timedelta(days=365))]
     agg = seen.groupby("customer_id").agg(
         n=("ts", "size"), m=("dollar_value", "sum"), last=("ts", "max")
