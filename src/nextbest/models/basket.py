@@ -6,8 +6,9 @@ its prefix's AND its last item's (all candidates of one prefix in one vectorised
 with a popcount; pairs are counted all at once by a sparse product), and a candidate is counted
 only if all its subsets are frequent (Agrawal & Srikant 1994). The result is exactly the set
 mlxtend's ``fpgrowth`` finds (a test checks it on Groceries), with supports computed the same
-way, as counts over the number of baskets. Memory grows with the frequent itemsets' bit sets (baskets / 8 bytes each), never
-with a dense basket x item matrix, so 16,000-item catalogues and very large baskets are fine.
+way, as counts over the number of baskets. Memory grows with the frequent itemsets' bit sets
+(baskets / 8 bytes each), never with a dense basket x item matrix, so 16,000-item catalogues
+and very large baskets are fine.
 
 Rule metrics, for a rule A -> C with support s(A u C):
 confidence = s(AC) / s(A); lift = confidence / s(C); leverage = s(AC) - s(A) s(C);
