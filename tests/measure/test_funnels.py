@@ -91,3 +91,24 @@ def test_acquisition_profitability(shop: Workspace) -> None:
     assert by["organic"]["revenue_per_member"] == 25 and by["organic"]["margin_per_member"] == 15
     assert by["referral"]["revenue_per_member"] == 20
     assert by["referral"]["referrals_per_member"] == 1.0
+
+
+@pytest.mark.shared_data
+def test_store_kpis_on_complete_journey_match_pandas(workspace: Workspace) -> None:
+    import pandas as pd
+
+    from tests.conftest import shared_data
+
+    folder = shared_data("completejourney")
+    ingest(workspace.warehouse, [folder], workspace.config.ingest, fmt="completejourney")
+    store = {
+        r["group"]: r for r in kpis_by(workspace.warehouse, "channel").to_pyarrow().to_pylist()
+    }["store"]
+    tx = pd.read_csv(folder / "transactions_sample.csv.gz", dtype=str)
+    catalogue = set(pd.read_csv(folder / "products.csv.gz", dtype=str).product_id)
+    tx = tx[tx.product_id.isin(catalogue)]  # the 222 quarantined lines are not in the warehouse
+    redeemed = pd.read_csv(folder / "coupon_redemptions.csv", dtype=str)
+    assert store["orders"] == tx.basket_id.nunique()
+    assert store["revenue"] == pytest.approx(tx.sales_value.astype(float).sum())
+    assert store["aov"] == pytest.approx(store["revenue"] / store["orders"])
+    assert store["members"] == len(set(tx.household_id) | set(redeemed.household_id))
