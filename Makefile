@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(BIN)/python bench/bench_simulate.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_basket.py

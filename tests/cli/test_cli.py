@@ -179,6 +179,19 @@ def test_simulate_command_writes_tables_and_truth(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.startswith("Error: simulation settings:")
 
 
+def test_simulate_command_holds_members_out(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    args = ("--customers", "2000", "--days", "3", "--holdout-share", "0.5", "--json")
+    done = run("simulate", *args, "--out", "sim", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    decisions = pq.read_table(tmp_path / "sim" / "decisions.parquet").to_pandas()
+    emails = decisions.drop_duplicates(["customer_id", "ts"])
+    held_out = emails["arm"] == "holdout"
+    assert 0.45 < held_out.mean() < 0.55
+    assert decisions.loc[decisions["arm"] == "holdout", "offer_id"].isna().all()
+
+
 @pytest.mark.shared_data
 def test_basket_command_on_groceries(tmp_path: Path) -> None:
     from tests.conftest import shared_data

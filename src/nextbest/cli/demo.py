@@ -41,10 +41,13 @@ def simulate_cmd(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 7,
     policy: Annotated[str, typer.Option(help="E-mail policy: random or popular.")] = "random",
     file_format: Annotated[str, typer.Option("--file-format", help="parquet or csv.")] = "parquet",
+    holdout_share: Annotated[
+        float, typer.Option(help="Share of members kept out of each day's e-mail (control).")
+    ] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a synthetic flash-sale retailer, and its ground truth in OUT/truth."""
-    config = _sim_config(customers, days, seed, policy, file_format)
+    config = _sim_config(customers, days, seed, policy, file_format, holdout_share)
     started = time.perf_counter()
     summary = simulate(config, out_dir, reporter=RichReporter(enabled=not as_json))
     elapsed = time.perf_counter() - started
@@ -181,10 +184,17 @@ def print_kpis(k: HeadlineKpis) -> None:
     out.print(table(f"Headline KPIs, {period}", ["KPI", "value"], rows))
 
 
-def _sim_config(customers: int, days: int, seed: int, policy: str, file_format: str) -> SimConfig:
+def _sim_config(
+    customers: int, days: int, seed: int, policy: str, file_format: str, holdout_share: float = 0.0
+) -> SimConfig:
     try:
         return SimConfig(
-            n_customers=customers, days=days, seed=seed, policy=policy, file_format=file_format
+            n_customers=customers,
+            days=days,
+            seed=seed,
+            policy=policy,
+            file_format=file_format,
+            holdout_share=holdout_share,
         )
     except ValueError as exc:
         raise ConfigError(f"simulation settings: {exc}") from None

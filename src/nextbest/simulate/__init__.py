@@ -1,4 +1,10 @@
-"""A synthetic flash-sale retailer with known ground truth, and its environment."""
+"""A synthetic flash-sale retailer with known ground truth, and its environment.
+
+- :func:`simulate` writes the canonical tables and the ground truth of a run;
+- :class:`RetailEnvironment` is the same retailer, one day at a time, for closed-loop runs of
+  any policy (:meth:`RetailEnvironment.step`);
+- :mod:`nextbest.simulate.response` holds the response model, the ground truth itself.
+"""
 
 from __future__ import annotations
 
