@@ -105,6 +105,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         "kpi",
         "basket",
         "segment",
+        "clv",
     ):
         done = run(command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)

@@ -250,6 +250,6 @@ def quarantine(
 
 def main() -> None:
     """Entry point: every command, and nextbest's errors as one line and an exit code."""
-    from nextbest.cli import demo, insight  # noqa: F401 - register their commands
+    from nextbest.cli import demo, insight, value  # noqa: F401 - register their commands
 
     app()
