@@ -38,3 +38,16 @@ def workspace(tmp_path: Path) -> Workspace:
     ws = Workspace.init(tmp_path / "ws")
     yield ws
     ws.close()
+
+
+@pytest.fixture(scope="session")
+def sim_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]:
+    """20,000 simulated members over 28 days (seed 5), loaded; and the simulator's folder."""
+    from nextbest.simulate import SimConfig, simulate
+
+    root = tmp_path_factory.mktemp("simws")
+    simulate(SimConfig(n_customers=20_000, days=28, seed=5), root / "sim")
+    ws = Workspace.init(root / "ws")
+    ingest(ws.warehouse, [root / "sim"], ws.config.ingest)
+    yield ws, root / "sim"
+    ws.close()
