@@ -17,6 +17,15 @@ from nextbest.models.clv_summary import ClvResult, clv_summary, fit_clv, warehou
 from nextbest.models.evaluation import ProbabilityMetrics, calibration_table, probability_metrics
 from nextbest.models.propensity import PropensityResult, train_propensity
 from nextbest.models.segmentation import SegmentationResult, Segmenter, run_segmentation
+from nextbest.models.uplift import DRLearner, TLearner, XLearner
+from nextbest.models.uplift_metrics import (
+    auuc,
+    policy_value,
+    qini_coefficient,
+    qini_curve,
+    uplift_at_k,
+    uplift_curve,
+)
 
 __all__ = [
     "LEVELS",
@@ -24,21 +33,30 @@ __all__ = [
     "BetaGeoModel",
     "CalibratedBoostedClassifier",
     "ClvResult",
+    "DRLearner",
     "GammaGammaModel",
     "ProbabilityMetrics",
     "PropensityResult",
     "SegmentationResult",
     "Segmenter",
+    "TLearner",
+    "XLearner",
     "association_rules",
+    "auuc",
     "basket_matrix",
     "calibration_table",
     "clv_summary",
     "cross_sell_lift",
     "fit_clv",
     "frequent_itemsets",
+    "policy_value",
     "probability_metrics",
+    "qini_coefficient",
+    "qini_curve",
     "run_segmentation",
     "train_propensity",
+    "uplift_at_k",
+    "uplift_curve",
     "warehouse_baskets",
     "warehouse_transactions",
 ]
