@@ -106,6 +106,8 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         "basket",
         "segment",
         "clv",
+        "train",
+        "models",
     ):
         done = run(command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
@@ -154,6 +156,7 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
     assert result["quarantined"] == 0
     assert result["kpis"]["members"] == 800
     assert 0.1 < result["kpis"]["open_rate"] < 0.3
+    assert "a time split needs at least 11 days" in result["skipped_models"]["propensity"]
     text = run(
         "demo", "--dir", "d", "--customers", "800", "--days", "6", "--no-serve", cwd=tmp_path
     )
@@ -221,6 +224,46 @@ def test_basket_command_on_groceries(tmp_path: Path) -> None:
     assert best["consequents"] == ["groceries:other vegetables"]
     assert best["lift"] == pytest.approx(3.0296, abs=1e-4)
     assert (tmp_path / "rules.csv").read_text().count("\n") == 63
+
+
+def test_train_and_models_commands(tmp_path: Path) -> None:
+    done = run(
+        "demo",
+        "--dir",
+        "d",
+        "--customers",
+        "3000",
+        "--days",
+        "16",
+        "--no-serve",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    made = {m["kind"]: m for m in json.loads(done.stdout)["models"]}
+    assert set(made) == {"propensity", "clv"}
+    assert made["propensity"]["window"]["holdout"] == "2026-01-10..2026-01-16"
+    assert 0.5 < made["propensity"]["metrics"]["auc"] < 0.9  # quality: tests/models
+    ws = str(tmp_path / "d" / "workspace")
+    args = ("--holdout-days", "3", "--calibration-days", "2", "--json")
+    again = run("train", "propensity", *args, "-w", ws, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    manifest = json.loads(again.stdout)["models"][0]
+    assert manifest["version"] == 2 and manifest["window"]["holdout"] == "2026-01-14..2026-01-16"
+    assert manifest["features"]["offer_category"] == "categorical"
+    listed = json.loads(run("models", "list", "-w", ws, "--json", cwd=tmp_path).stdout)
+    assert [(m["kind"], m["version"]) for m in listed] == [
+        ("clv", 1),
+        ("propensity", 1),
+        ("propensity", 2),
+    ]
+    shown = run("models", "show", "propensity", "-w", ws, cwd=tmp_path)
+    assert "propensity v2" in shown.stdout and "libraries: python" in shown.stdout
+    missing = run("models", "show", "propensity", "--version", "9", "-w", ws, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("Error: propensity has no version 9; versions: 1, 2")
+    unknown = run("train", "churnn", "-w", ws, cwd=tmp_path)
+    assert unknown.returncode == 1 and "unknown model kind 'churnn'" in unknown.stderr
 
 
 def test_segment_command(tmp_path: Path) -> None:

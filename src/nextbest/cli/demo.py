@@ -13,6 +13,7 @@ import typer
 from nextbest.cli.console import RichReporter, out, print_json, table
 from nextbest.cli.insight import print_segments
 from nextbest.cli.main import JsonOpt, command, print_loads
+from nextbest.cli.models import print_train_report
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.errors import ConfigError
@@ -20,11 +21,14 @@ from nextbest.features import SEGMENTS, rfm
 from nextbest.measure.funnels import FUNNELS, funnel
 from nextbest.measure.kpi import HeadlineKpis, headline_kpis
 from nextbest.models import run_segmentation
+from nextbest.models.store import ModelStore
+from nextbest.models.training import TrainOptions, train
 from nextbest.simulate import SimConfig, simulate
 
 __all__ = ["demo", "simulate_cmd"]
 
 _MARKER = ".nextbest-demo"
+_DEMO_TRAIN_DAYS = 14
 _DEMO_SEGMENTATION = """
 [segmentations.engagement]
 purpose = "match e-mail pressure to how members engage"
@@ -83,27 +87,38 @@ def demo(
     reporter = RichReporter(enabled=not as_json)
     sim_dir = directory / "simulated"
     if not as_json:
-        out.print(f"[bold]1/3[/] Simulating {customers:,} members over {days} days (seed {seed})")
+        out.print(f"[bold]1/4[/] Simulating {customers:,} members over {days} days (seed {seed})")
     simulate(_sim_config(customers, days, seed, "random", "parquet"), sim_dir, reporter=reporter)
     if not as_json:
-        out.print(f"[bold]2/3[/] Creating the workspace {directory / 'workspace'}")
+        out.print(f"[bold]2/4[/] Creating the workspace {directory / 'workspace'}")
     ws = Workspace.init(directory / "workspace", name="demo")
     config = ws.root / "nextbest.toml"
     config.write_text(config.read_text() + _DEMO_SEGMENTATION, encoding="utf-8")
     ws = Workspace.open(ws.root)
     if not as_json:
-        out.print("[bold]3/3[/] Loading the simulated tables")
+        out.print("[bold]3/4[/] Loading the simulated tables")
     results = ingest(
         ws.warehouse, [sim_dir], ws.config.ingest, reports=ws.reports, reporter=reporter
     )
     kpis = headline_kpis(ws.warehouse)
     quarantined = ws.warehouse.count("quarantine")
+    if not as_json:
+        out.print("[bold]4/4[/] Training the models (propensity, lifetime value)")
+    trained = train(
+        ws.warehouse,
+        ModelStore(ws.models),
+        "all",
+        TrainOptions(max_train_days=_DEMO_TRAIN_DAYS, random_state=seed),
+        reporter=reporter,
+    )
     if as_json:
         print_json(
             {
                 "loads": [r.to_dict() for r in results],
                 "quarantined": quarantined,
                 "kpis": kpis.to_dict(),
+                "models": [m.to_dict() for m in trained.made],
+                "skipped_models": trained.skipped,
                 "workspace": str(ws.root),
             }
         )
@@ -115,6 +130,7 @@ def demo(
         )
         print_kpis(kpis)
         _print_insight(ws)
+        print_train_report(trained)
         out.print(f"\nWorkspace: {ws.root}   ground truth: {sim_dir / 'truth'}")
         out.print(f"Explore it: nextbest status --workspace {ws.root}")
         if serve:

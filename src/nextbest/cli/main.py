@@ -35,8 +35,11 @@ _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
-    """``app.command`` whose errors print as one ``Error:`` line (``--debug``: traceback)."""
+def command(*args: Any, on: typer.Typer | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """``app.command`` whose errors print as one ``Error:`` line (``--debug``: traceback).
+
+    ``on`` registers the command on a sub-application (``nextbest models list``) instead.
+    """
 
     def register(func: F) -> F:
         @functools.wraps(func)
@@ -61,7 +64,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
                 )
                 raise typer.Exit(2) from None
 
-        app.command(*args, **kwargs)(run)
+        (on or app).command(*args, **kwargs)(run)
         return func
 
     return register
@@ -250,6 +253,6 @@ def quarantine(
 
 def main() -> None:
     """Entry point: every command, and nextbest's errors as one line and an exit code."""
-    from nextbest.cli import demo, insight, value  # noqa: F401 - register their commands
+    from nextbest.cli import demo, insight, models, value  # noqa: F401 - register commands
 
     app()

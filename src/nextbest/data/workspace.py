@@ -51,6 +51,11 @@ class Workspace:
         return Warehouse.connect(self.config.warehouse, self.root)
 
     @property
+    def models(self) -> Path:
+        """Folder of the model store (trained models, one folder per kind and version)."""
+        return self.root / "models"
+
+    @property
     def reports(self) -> Path:
         return self.root / self.config.ingest.reports
 

@@ -20,6 +20,7 @@ from nextbest.errors import DataError
 from nextbest.features.decision_features import decision_days, decision_features
 from nextbest.models.classifier import CalibratedBoostedClassifier
 from nextbest.models.evaluation import ProbabilityMetrics, calibration_table, probability_metrics
+from nextbest.models.store import data_hash
 from nextbest.progress import NullReporter, Reporter
 
 __all__ = ["ID_COLUMNS", "NOT_FEATURES", "PropensityResult", "feature_columns", "train_propensity"]
@@ -51,6 +52,7 @@ class PropensityResult:
     calibration: pd.DataFrame
     importances: pd.Series
     rows: dict[str, int] = field(default_factory=dict)
+    data_hash: str = ""
     holdout: pd.DataFrame | None = None
 
     def window(self) -> dict[str, str]:
@@ -137,5 +139,6 @@ def train_propensity(
         calibration=calibration_table(y, p),
         importances=model.feature_importances(),
         rows={name: len(frame) for name, frame in frames.items()},
+        data_hash=data_hash(pd.concat(frames.values(), ignore_index=True)),
         holdout=holdout,
     )

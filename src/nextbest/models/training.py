@@ -1,0 +1,153 @@
+"""Train a model of one kind on the warehouse and keep it in the model store, with metrics.
+
+One function per kind turns the warehouse into a fitted model and a manifest; :func:`train`
+dispatches by name. The command line (``nextbest train``) and the demo call :func:`train`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from nextbest.data.warehouse import Warehouse
+from nextbest.errors import ConfigError, DataError
+from nextbest.models.classifier import CalibratedBoostedClassifier
+from nextbest.models.clv_summary import fit_clv
+from nextbest.models.propensity import train_propensity
+from nextbest.models.store import Manifest, ModelStore, data_hash
+from nextbest.progress import NullReporter, Reporter
+
+__all__ = ["KINDS", "TrainOptions", "TrainReport", "train"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Settings of ``nextbest train`` (each kind reads those that concern it)."""
+
+    response: str = "click"
+    holdout_days: int = 7
+    calibration_days: int = 3
+    max_train_days: int | None = 28
+    calibration_end: datetime | None = None
+    horizon_weeks: int = 52
+    random_state: int = 0
+    n_jobs: int | None = None
+
+
+def _propensity(
+    warehouse: Warehouse, store: ModelStore, options: TrainOptions, reporter: Reporter
+) -> Manifest:
+    result = train_propensity(
+        warehouse,
+        response=options.response,
+        holdout_days=options.holdout_days,
+        calibration_days=options.calibration_days,
+        max_train_days=options.max_train_days,
+        model=CalibratedBoostedClassifier(random_state=options.random_state, n_jobs=options.n_jobs),
+        reporter=reporter,
+    )
+    model = result.model
+    params = {
+        "response": result.response,
+        "rows": result.rows,
+        "top_features": result.importances.head(10).round(4).to_dict(),
+        "calibration_table": result.calibration.round(6).to_dict(orient="list"),
+    }
+    return store.save(
+        "propensity",
+        model,
+        window=result.window(),
+        features=model.features_,
+        metrics=result.metrics.to_dict(),
+        data_hash=result.data_hash,
+        params=params,
+    )
+
+
+def _last_purchase_day(warehouse: Warehouse) -> datetime:
+    ev = warehouse.table("events")
+    last = ev.filter(ev.type == "purchase", ev.customer_id.notnull()).ts.max().execute()
+    if last is None or pd.isna(last):
+        raise DataError(
+            "the warehouse has no purchase events with a customer_id; lifetime value needs "
+            "them: ingest purchases first"
+        )
+    day = pd.Timestamp(last).floor("D").to_pydatetime()
+    return day if day.tzinfo else day.replace(tzinfo=UTC)
+
+
+def _clv(
+    warehouse: Warehouse, store: ModelStore, options: TrainOptions, reporter: Reporter
+) -> Manifest:
+    end = options.calibration_end or _last_purchase_day(warehouse)
+    reporter.start(1, "Lifetime value (BG/NBD, Gamma-Gamma)")
+    result = fit_clv(warehouse, end, options.horizon_weeks)
+    reporter.advance(1)
+    reporter.finish()
+    bg, gg = result.bgnbd, result.gamma_gamma
+    metrics: dict[str, float] = {f"bgnbd_{k}": v for k, v in bg.params_.items()}
+    metrics.update({f"gamma_gamma_{k}": v for k, v in gg.params_.items()})
+    metrics["bgnbd_log_likelihood"] = bg.log_likelihood_
+    metrics["customers"] = len(result.customers)
+    metrics["mean_clv"] = float(result.customers["clv"].mean())
+    summary_cols = ["frequency", "recency", "T", "monetary_value"]
+    return store.save(
+        "clv",
+        {"bgnbd": bg, "gamma_gamma": gg},
+        window={"calibration_end": f"{end:%Y-%m-%d}"},
+        features=dict.fromkeys(summary_cols, "numeric"),
+        metrics=metrics,
+        data_hash=data_hash(result.customers[["customer_id", *summary_cols]]),
+        params={
+            "horizon_weeks": options.horizon_weeks,
+            "standard_errors": {
+                "bgnbd": bg.standard_errors_,
+                "gamma_gamma": gg.standard_errors_,
+            },
+        },
+    )
+
+
+@dataclass
+class TrainReport:
+    """The models made, and the kinds left out with the reason (``all`` skips what it cannot)."""
+
+    made: list[Manifest]
+    skipped: dict[str, str]
+
+
+Trainer = Callable[[Warehouse, ModelStore, TrainOptions, Reporter], Manifest]
+KINDS: dict[str, Trainer] = {"propensity": _propensity, "clv": _clv}
+
+
+def train(
+    warehouse: Warehouse,
+    store: ModelStore,
+    kind: str,
+    options: TrainOptions | None = None,
+    *,
+    reporter: Reporter | None = None,
+) -> TrainReport:
+    """Train ``kind`` (or ``all``: every kind the data allows) and store each model.
+
+    With ``all``, a kind the data cannot support is skipped with its reason in the report;
+    a single kind that cannot be trained raises its error.
+    """
+    options = options or TrainOptions()
+    reporter = reporter or NullReporter()
+    if kind != "all" and kind not in KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}, all")
+    kinds = list(KINDS) if kind == "all" else [kind]
+    made: list[Manifest] = []
+    skipped: dict[str, str] = {}
+    for name in kinds:
+        try:
+            made.append(KINDS[name](warehouse, store, options, reporter))
+        except DataError as exc:
+            if kind != "all":
+                raise
+            skipped[name] = str(exc)
+    return TrainReport(made, skipped)
