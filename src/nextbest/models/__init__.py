@@ -11,12 +11,15 @@ from nextbest.models.basket import (
     frequent_itemsets,
     warehouse_baskets,
 )
+from nextbest.models.churn import ChurnResult, compare_with_bgnbd, train_churn
 from nextbest.models.classifier import CalibratedBoostedClassifier
 from nextbest.models.clv import BetaGeoModel, GammaGammaModel
 from nextbest.models.clv_summary import ClvResult, clv_summary, fit_clv, warehouse_transactions
 from nextbest.models.evaluation import ProbabilityMetrics, calibration_table, probability_metrics
 from nextbest.models.propensity import PropensityResult, train_propensity
 from nextbest.models.segmentation import SegmentationResult, Segmenter, run_segmentation
+from nextbest.models.store import Manifest, ModelStore
+from nextbest.models.training import KINDS, TrainOptions, TrainReport, train
 from nextbest.models.uplift import DRLearner, TLearner, XLearner
 from nextbest.models.uplift_metrics import (
     auuc,
@@ -28,24 +31,31 @@ from nextbest.models.uplift_metrics import (
 )
 
 __all__ = [
+    "KINDS",
     "LEVELS",
     "BasketMatrix",
     "BetaGeoModel",
     "CalibratedBoostedClassifier",
+    "ChurnResult",
     "ClvResult",
     "DRLearner",
     "GammaGammaModel",
+    "Manifest",
+    "ModelStore",
     "ProbabilityMetrics",
     "PropensityResult",
     "SegmentationResult",
     "Segmenter",
     "TLearner",
+    "TrainOptions",
+    "TrainReport",
     "XLearner",
     "association_rules",
     "auuc",
     "basket_matrix",
     "calibration_table",
     "clv_summary",
+    "compare_with_bgnbd",
     "cross_sell_lift",
     "fit_clv",
     "frequent_itemsets",
@@ -54,6 +64,8 @@ __all__ = [
     "qini_coefficient",
     "qini_curve",
     "run_segmentation",
+    "train",
+    "train_churn",
     "train_propensity",
     "uplift_at_k",
     "uplift_curve",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
 from nextbest.data.warehouse import Warehouse
 from nextbest.errors import ConfigError, DataError
+from nextbest.models.churn import train_churn
 from nextbest.models.classifier import CalibratedBoostedClassifier
 from nextbest.models.clv_summary import fit_clv
 from nextbest.models.propensity import train_propensity
@@ -33,6 +34,8 @@ class TrainOptions:
     max_train_days: int | None = 28
     calibration_end: datetime | None = None
     horizon_weeks: int = 52
+    churn_horizon_days: int = 90
+    churn_snapshots: int = 3
     random_state: int = 0
     n_jobs: int | None = None
 
@@ -119,8 +122,43 @@ class TrainReport:
     skipped: dict[str, str]
 
 
+def _churn(
+    warehouse: Warehouse, store: ModelStore, options: TrainOptions, reporter: Reporter
+) -> Manifest:
+    ev = warehouse.table("events")
+    last = ev.ts.max().execute()
+    if last is None or pd.isna(last):
+        raise DataError("the warehouse has no events; churn needs purchases over time")
+    horizon = options.churn_horizon_days
+    # the held-out snapshot is the latest whose label window is observed; training ends
+    # where that window begins, so no training label overlaps the held-out one
+    data_end = pd.Timestamp(last).floor("D").to_pydatetime() + timedelta(days=1)
+    as_of = data_end - timedelta(days=horizon)
+    result = train_churn(
+        warehouse,
+        as_of,
+        horizon_days=horizon,
+        snapshots=options.churn_snapshots,
+        model=CalibratedBoostedClassifier(random_state=options.random_state, n_jobs=options.n_jobs),
+        reporter=reporter,
+    )
+    return store.save(
+        "churn",
+        result.model,
+        window={name: "; ".join(spans) for name, spans in result.window().items()},
+        features=result.model.features_,
+        metrics=result.metrics.to_dict(),
+        data_hash=data_hash(pd.DataFrame([result.rows])),
+        params={
+            "horizon_days": horizon,
+            "rows": result.rows,
+            "top_features": result.importances.head(10).round(4).to_dict(),
+        },
+    )
+
+
 Trainer = Callable[[Warehouse, ModelStore, TrainOptions, Reporter], Manifest]
-KINDS: dict[str, Trainer] = {"propensity": _propensity, "clv": _clv}
+KINDS: dict[str, Trainer] = {"propensity": _propensity, "churn": _churn, "clv": _clv}
 
 
 def train(
