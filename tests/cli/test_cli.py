@@ -241,7 +241,10 @@ def test_train_and_models_commands(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     made = {m["kind"]: m for m in json.loads(done.stdout)["models"]}
-    assert set(made) == {"propensity", "clv"}
+    assert set(made) == {"propensity", "affinity_brand", "clv"}
+    skipped = json.loads(done.stdout)["skipped_models"]
+    # 16 days cannot hold a 90-day churn label: its snapshot falls before the first purchase
+    assert skipped["churn"].startswith("no customer made a purchase before 2025-")
     assert made["propensity"]["window"]["holdout"] == "2026-01-10..2026-01-16"
     assert 0.5 < made["propensity"]["metrics"]["auc"] < 0.9  # quality: tests/models
     ws = str(tmp_path / "d" / "workspace")
@@ -253,6 +256,7 @@ def test_train_and_models_commands(tmp_path: Path) -> None:
     assert manifest["features"]["offer_category"] == "categorical"
     listed = json.loads(run("models", "list", "-w", ws, "--json", cwd=tmp_path).stdout)
     assert [(m["kind"], m["version"]) for m in listed] == [
+        ("affinity_brand", 1),
         ("clv", 1),
         ("propensity", 1),
         ("propensity", 2),

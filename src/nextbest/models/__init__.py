@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from nextbest.models.affinity import (
+    AFFINITY_LEVELS,
+    AffinityEvaluation,
+    AffinityModel,
+    evaluate_affinity,
+    interactions,
+)
 from nextbest.models.basket import (
     LEVELS,
     BasketMatrix,
@@ -31,8 +38,11 @@ from nextbest.models.uplift_metrics import (
 )
 
 __all__ = [
+    "AFFINITY_LEVELS",
     "KINDS",
     "LEVELS",
+    "AffinityEvaluation",
+    "AffinityModel",
     "BasketMatrix",
     "BetaGeoModel",
     "CalibratedBoostedClassifier",
@@ -57,8 +67,10 @@ __all__ = [
     "clv_summary",
     "compare_with_bgnbd",
     "cross_sell_lift",
+    "evaluate_affinity",
     "fit_clv",
     "frequent_itemsets",
+    "interactions",
     "policy_value",
     "probability_metrics",
     "qini_coefficient",

@@ -7,13 +7,14 @@ dispatches by name. The command line (``nextbest train``) and the demo call :fun
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
 from nextbest.data.warehouse import Warehouse
 from nextbest.errors import ConfigError, DataError
+from nextbest.models.affinity import AffinityModel, evaluate_affinity, interactions
 from nextbest.models.churn import train_churn
 from nextbest.models.classifier import CalibratedBoostedClassifier
 from nextbest.models.clv_summary import fit_clv
@@ -35,6 +36,7 @@ class TrainOptions:
     calibration_end: datetime | None = None
     horizon_weeks: int = 52
     churn_horizon_days: int = 90
+    affinity_level: str = "brand"
     churn_snapshots: int = 3
     random_state: int = 0
     n_jobs: int | None = None
@@ -157,8 +159,51 @@ def _churn(
     )
 
 
+def _affinity(
+    warehouse: Warehouse, store: ModelStore, options: TrainOptions, reporter: Reporter
+) -> Manifest:
+    ev = warehouse.table("events")
+    last = ev.ts.max().execute()
+    if last is None or pd.isna(last):
+        raise DataError("the warehouse has no events; affinity needs interactions")
+    end = pd.Timestamp(last).floor("D").to_pydatetime() + timedelta(days=1)
+    cut = end - timedelta(days=options.holdout_days)
+    level = options.affinity_level
+    reporter.start(3, f"Affinity ({level}, ALS)")
+    train_rows = interactions(warehouse, level, end=cut)
+    test_rows = interactions(warehouse, level, start=cut, end=end)
+    reporter.advance(1)
+    model = AffinityModel(random_state=options.random_state).fit(train_rows)
+    reporter.advance(1)
+    quality = evaluate_affinity(model, train_rows, test_rows, k=10)
+    # the stored model is refitted on every day, the held-out ones included
+    model = AffinityModel(random_state=options.random_state).fit(
+        pd.concat([train_rows, test_rows], ignore_index=True)
+    )
+    reporter.advance(1)
+    reporter.finish()
+    metrics = {k: float(v) for k, v in asdict(quality).items()}
+    return store.save(
+        f"affinity_{level}",
+        model,
+        window={
+            "train": f"..{cut - timedelta(days=1):%Y-%m-%d}",
+            "holdout": f"{cut:%Y-%m-%d}..{end - timedelta(days=1):%Y-%m-%d}",
+        },
+        features={"customer_id": "categorical", "item": "categorical"},
+        metrics=metrics,
+        data_hash=data_hash(train_rows),
+        params={"level": level, "items": len(model.items_), "customers": len(model.customers_)},
+    )
+
+
 Trainer = Callable[[Warehouse, ModelStore, TrainOptions, Reporter], Manifest]
-KINDS: dict[str, Trainer] = {"propensity": _propensity, "churn": _churn, "clv": _clv}
+KINDS: dict[str, Trainer] = {
+    "propensity": _propensity,
+    "affinity": _affinity,
+    "churn": _churn,
+    "clv": _clv,
+}
 
 
 def train(
