@@ -38,6 +38,16 @@ def train_cmd(
         str | None, typer.Option(help="Lifetime value: last day fitted (default: last purchase).")
     ] = None,
     horizon: Annotated[int, typer.Option(help="Lifetime value horizon in weeks.")] = 52,
+    experiment: Annotated[
+        str | None, typer.Option(help="Uplift: experiment to learn from (default: largest).")
+    ] = None,
+    outcome: Annotated[
+        str, typer.Option(help="Uplift outcome: purchase, visit, revenue, email_click.")
+    ] = "purchase",
+    window_days: Annotated[
+        float, typer.Option(help="Uplift: days after assignment that count.")
+    ] = 14.0,
+    learner: Annotated[str, typer.Option(help="Uplift meta-learner: t, x or dr.")] = "x",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
@@ -53,6 +63,10 @@ def train_cmd(
         if calibration_end
         else None,
         horizon_weeks=horizon,
+        experiment=experiment,
+        uplift_outcome=outcome,
+        uplift_window_days=window_days,
+        uplift_learner=learner,
         random_state=seed,
     )
     report = train(

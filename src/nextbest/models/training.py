@@ -10,16 +10,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from nextbest.data.warehouse import Warehouse
 from nextbest.errors import ConfigError, DataError
+from nextbest.features.experiment_features import control_arm, experiment_frame, experiments
 from nextbest.models.affinity import AffinityModel, evaluate_affinity, interactions
 from nextbest.models.churn import train_churn
 from nextbest.models.classifier import CalibratedBoostedClassifier
 from nextbest.models.clv_summary import fit_clv
 from nextbest.models.propensity import train_propensity
 from nextbest.models.store import Manifest, ModelStore, data_hash
+from nextbest.models.uplift import DRLearner, TLearner, XLearner
+from nextbest.models.uplift_metrics import auuc, qini_coefficient, random_qini, uplift_at_k
 from nextbest.progress import NullReporter, Reporter
 
 __all__ = ["KINDS", "TrainOptions", "TrainReport", "train"]
@@ -37,6 +41,10 @@ class TrainOptions:
     horizon_weeks: int = 52
     churn_horizon_days: int = 90
     affinity_level: str = "brand"
+    experiment: str | None = None
+    uplift_outcome: str = "purchase"
+    uplift_window_days: float = 14.0
+    uplift_learner: str = "x"
     churn_snapshots: int = 3
     random_state: int = 0
     n_jobs: int | None = None
@@ -197,13 +205,107 @@ def _affinity(
     )
 
 
+def _experiment(warehouse: Warehouse, wanted: str | None) -> tuple[str, str]:
+    """The experiment to learn uplift from (default: the largest with a control) and its control."""
+    names = [wanted] if wanted else list(experiments(warehouse).experiment)
+    reasons = []
+    for name in names:
+        try:
+            return name, control_arm(warehouse, name)
+        except DataError as exc:
+            if wanted:
+                raise
+            reasons.append(str(exc))
+    raise DataError(
+        "no experiment with a control arm (decisions with no offer) to learn uplift from"
+        + (
+            f": {'; '.join(reasons)}"
+            if reasons
+            else "; log one, e.g. 'nextbest simulate --holdout-share 0.2' or the Hillstrom test"
+        )
+    )
+
+
+def _uplift(
+    warehouse: Warehouse, store: ModelStore, options: TrainOptions, reporter: Reporter
+) -> Manifest:
+    name, control = _experiment(warehouse, options.experiment)
+    start = None
+    if options.max_train_days is not None:
+        dec = warehouse.table("decisions")
+        last = dec.filter(dec.experiment == name).ts.max().execute()
+        start = pd.Timestamp(last).floor("D").to_pydatetime() - timedelta(
+            days=options.max_train_days - 1
+        )
+    frame = experiment_frame(
+        warehouse,
+        name,
+        outcome=options.uplift_outcome,
+        window_days=options.uplift_window_days,
+        start=start,
+        reporter=reporter,
+    )
+    cols = [c for c in frame.columns if c not in ("customer_id", "ts", "day", "arm", "y")]
+    # a seeded split by customer: 30% of customers held out for the Qini
+    held = (pd.util.hash_pandas_object(frame.customer_id, index=False) % 10 >= 7).to_numpy()
+    train_rows, test = frame[~held], frame[held]
+    if options.uplift_learner not in _LEARNERS:
+        raise ConfigError(
+            f"uplift learner must be one of {', '.join(_LEARNERS)}, got {options.uplift_learner!r}"
+        )
+    learner = _LEARNERS[options.uplift_learner](control=control, random_state=options.random_state)
+    reporter.start(1, f"Uplift ({options.uplift_learner}-learner) on {name}")
+    learner.fit(train_rows[cols], train_rows.arm.to_numpy(), train_rows.y.to_numpy())
+    reporter.advance(1)
+    reporter.finish()
+    effect = learner.predict_effect(test[cols])
+    metrics: dict[str, float] = {"rows": len(frame), "held_out_rows": len(test)}
+    for j, arm in enumerate(learner.treatments_):
+        rows = test.arm.isin([control, arm]).to_numpy()
+        y, t = test.y.to_numpy()[rows], (test.arm.to_numpy()[rows] == arm).astype(int)
+        score = effect[rows, j]
+        metrics[f"{arm}: qini"] = qini_coefficient(y, t, score)
+        metrics[f"{arm}: random qini p95"] = float(
+            np.quantile(random_qini(y, t, 200, random_state=options.random_state), 0.95)
+        )
+        metrics[f"{arm}: auuc"] = auuc(y, t, score)
+        metrics[f"{arm}: uplift at 30%"] = uplift_at_k(y, t, score, 0.3)
+        metrics[f"{arm}: difference in means"] = float(y[t == 1].mean() - y[t == 0].mean())
+        metrics[f"{arm}: mean predicted effect"] = float(score.mean())
+    kinds = {
+        c: "categorical" if not pd.api.types.is_numeric_dtype(frame[c]) else "numeric" for c in cols
+    }
+    first, last_day = frame.ts.min(), frame.ts.max()
+    return store.save(
+        "uplift",
+        learner,
+        window={
+            "assignments": f"{first:%Y-%m-%d}..{last_day:%Y-%m-%d}",
+            "held_out": "30% of customers",
+        },
+        features=kinds,
+        metrics=metrics,
+        data_hash=data_hash(frame),
+        params={
+            "experiment": name,
+            "control": control,
+            "treatments": [str(a) for a in learner.treatments_],
+            "outcome": options.uplift_outcome,
+            "window_days": options.uplift_window_days,
+            "learner": options.uplift_learner,
+        },
+    )
+
+
 Trainer = Callable[[Warehouse, ModelStore, TrainOptions, Reporter], Manifest]
 KINDS: dict[str, Trainer] = {
     "propensity": _propensity,
     "affinity": _affinity,
     "churn": _churn,
     "clv": _clv,
+    "uplift": _uplift,
 }
+_LEARNERS = {"t": TLearner, "x": XLearner, "dr": DRLearner}
 
 
 def train(
