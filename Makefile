@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_basket.py
+	$(BIN)/python bench/bench_models.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -90,3 +90,14 @@ def test_unfitted_and_bad_labels_are_clear_errors() -> None:
         CalibratedBoostedClassifier().fit(X, np.zeros(10))
     with pytest.raises(DataError, match="calibration must be one of isotonic, sigmoid, none"):
         CalibratedBoostedClassifier(calibration="beta").fit(X, np.arange(10) % 2)
+
+
+def test_new_members_score_better_than_by_popularity(trained) -> None:
+    _, holdout = trained
+    # members who joined in the week before: little history, known mostly by who they are
+    new = holdout[holdout.tenure_days < 7]
+    assert len(new) > 2_000
+    model_auc = roc_auc_score(new.response, new.prediction)
+    popularity_auc = roc_auc_score(new.response, new.pop_brand_ctr.fillna(0))
+    print(f"new members: model {model_auc:.4f}, brand popularity {popularity_auc:.4f}")
+    assert model_auc > popularity_auc

@@ -171,6 +171,17 @@ def offer_customer_features(warehouse: Warehouse, pairs: ir.Table, as_of: dateti
     return out
 
 
+def _compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """Halve the memory of a day's rows: float32 and int32 numbers (features, not ids)."""
+    for col in frame.columns:
+        kind = frame[col].dtype.kind
+        if kind == "f":
+            frame[col] = frame[col].astype("float32")
+        elif kind == "i" and frame[col].dtype.itemsize > 4:
+            frame[col] = frame[col].astype("int32")
+    return frame
+
+
 def decision_days(warehouse: Warehouse) -> list[datetime]:
     """The UTC days on which decisions showing an offer were logged, in order."""
     dec = warehouse.table("decisions")
@@ -190,7 +201,8 @@ def decision_features(
     """Feature rows and labels of the decisions logged in ``[start, end)``, day by day.
 
     Columns: ``decision_id``, ``customer_id``, ``offer_id``, ``day``, ``slot``, the features
-    listed in the module docstring, and ``response`` (0 or 1). Categorical columns are strings.
+    listed in the module docstring, and ``response`` (0 or 1). Categorical columns are strings;
+    numbers are float32 or int32, so that millions of rows fit in memory.
     """
     if response not in RESPONSES:
         raise DataError(f"response must be one of {', '.join(RESPONSES)}, got {response!r}")
@@ -217,7 +229,7 @@ def decision_features(
         rows = rows.mutate(response=rows.response.fill_null(0), day=_ts(day))
         frame = rows.order_by("decision_id").to_pandas()
         if len(frame):
-            frames.append(frame)
+            frames.append(_compact(frame))
         reporter.advance(1)
     reporter.finish()
     if not frames:

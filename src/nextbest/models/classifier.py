@@ -154,7 +154,11 @@ class CalibratedBoostedClassifier:
             )
 
     def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
-        """``X`` with the training columns, in order, categories coded as in training."""
+        """``X`` with the training columns, in order, categories coded as in training.
+
+        Numbers go to LightGBM as float32: its histograms bin them anyway, and a 5M-row
+        frame then takes half the memory.
+        """
         missing = [c for c in self.features_ if c not in X.columns]
         if missing:
             raise DataError(
@@ -174,7 +178,7 @@ class CalibratedBoostedClassifier:
                 values = X[c].astype("string").astype(object)
                 out[c] = pd.Categorical(values, categories=self.categories_[c])
             else:
-                out[c] = X[c].to_numpy(dtype=np.float64, na_value=np.nan)
+                out[c] = X[c].to_numpy(dtype=np.float32, na_value=np.nan)
         return pd.DataFrame(out, index=X.index)
 
     def _raw(self, X: pd.DataFrame) -> np.ndarray:
