@@ -253,6 +253,6 @@ def quarantine(
 
 def main() -> None:
     """Entry point: every command, and nextbest's errors as one line and an exit code."""
-    from nextbest.cli import demo, insight, models, value  # noqa: F401 - register commands
+    from nextbest.cli import decide, demo, insight, models, value  # noqa: F401 - register commands
 
     app()

@@ -1,0 +1,527 @@
+"""The daily batch: from a campaign and a day to logged decisions, slates and a summary.
+
+Value of offer ``o`` for customer ``c`` (documented formula; ``w`` the mean position weight of
+the campaign's slots, ``L`` the levers ``campaign x category x brand x offer``)::
+
+    profit              L * w * P(buy) * margin - unit_cost - w * P(buy) * redemption_cost
+    conversions         L * w * P(buy)
+    revenue             L * w * P(buy) * average order of the offer (overall when unknown)
+    incremental_margin  L * w * tau_c * P(buy)[c,o] / mean_o P(buy)[c,o] / slots * margin - costs
+
+where ``tau_c`` is the uplift model's effect of the campaign on the customer's purchase, split
+over the offers by their relative appeal (a sleeping dog's value is negative: she is not sent
+anything). Stock is counted in expected units ``w * P(buy)`` and budgets in expected cost
+``unit_cost + w * P(buy) * redemption_cost``. The allocation is solved exactly by HiGHS when
+the eligible pairs are at most ``exact_limit``, else by the dual solver; rounded to whole
+decisions (:mod:`.rounding`); each slate is ordered by value (the best offer first, where the
+position weight is highest); a share of slots is explored (:mod:`.explore`); explored slots
+that would break a budget, stock or share go back to the optimiser's offer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nextbest.decide.campaign import CampaignFile
+from nextbest.decide.day import DayInputs
+from nextbest.decide.dualip import DualipSolver
+from nextbest.decide.exact import solve_exact
+from nextbest.decide.explore import explore
+from nextbest.decide.problem import Allocation, AllocationProblem, Coupling
+from nextbest.decide.rounding import round_allocation
+from nextbest.progress import NullReporter, Reporter
+
+__all__ = ["DayPlan", "build_problem", "plan_day"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DayPlan:
+    """The decisions of one day, as slates, with what they are expected to earn and why."""
+
+    inputs: DayInputs
+    problem: AllocationProblem
+    allocation: Allocation
+    slates: np.ndarray  # n x k offer indices, -1 empty
+    propensity: np.ndarray  # n x k
+    explored: np.ndarray  # n x k
+    novel: np.ndarray  # n x k
+    parts: dict[str, np.ndarray] = field(default_factory=dict)  # n x m value parts
+    reverted: int = 0
+
+    def prices(self) -> dict[str, list[float]]:
+        """Per basis, the price per offer implied by the dual prices (value units)."""
+        duals = self.allocation.duals
+        w = self.problem.weights()
+        if duals is None:
+            duals = np.zeros(len(self.problem.couplings))
+        return {b: (duals @ w[b]).tolist() for b in ("count", "units", "cost")}
+
+
+def _levers(spec: CampaignFile, offers: pd.DataFrame) -> np.ndarray:
+    lv = spec.campaign.levers
+    return np.array(
+        [
+            lv.campaign
+            * lv.category.get(str(cat), 1.0)
+            * lv.brand.get(str(brand), 1.0)
+            * lv.offer.get(str(oid), 1.0)
+            for oid, cat, brand in zip(offers.offer_id, offers.category, offers.brand, strict=True)
+        ]
+    )
+
+
+def build_problem(
+    spec: CampaignFile,
+    inputs: DayInputs,
+    *,
+    effect: np.ndarray | None = None,
+    order_value: np.ndarray | None = None,
+) -> tuple[AllocationProblem, dict[str, np.ndarray]]:
+    """The allocation problem of a day, and the parts of every pair's value.
+
+    ``effect``: per customer, the uplift model's effect (``incremental_margin``);
+    ``order_value``: per offer, the average order (``revenue``).
+    """
+    c = spec.campaign
+    offers = inputs.offers
+    n, m = inputs.p_buy.shape
+    w = float(np.mean(inputs.position_weights)) if inputs.position_weights else 1.0
+    lever = _levers(spec, offers)
+    margin = offers.margin.fillna(0).to_numpy(np.float64)
+    unit_cost = offers.unit_cost.fillna(0).to_numpy(np.float64)
+    redemption = offers.redemption_cost.to_numpy(np.float64)
+    buy = w * inputs.p_buy
+    cost = unit_cost[None, :] + buy * redemption[None, :]
+    if c.objective == "profit":
+        gross = lever * buy * margin
+        value = gross - cost
+    elif c.objective == "conversions":
+        gross = lever * buy
+        value = gross
+    elif c.objective == "revenue":
+        aov = order_value if order_value is not None else np.full(m, 1.0)
+        gross = lever * buy * aov
+        value = gross
+    else:  # incremental_margin
+        if effect is None:
+            raise ValueError("incremental_margin needs the uplift model's effect per customer")
+        appeal = inputs.p_buy / np.maximum(1e-12, inputs.p_buy.mean(axis=1, keepdims=True))
+        gross = lever * w * effect[:, None] * appeal / c.slots * margin
+        value = gross - cost
+    couplings = _couplings(spec, offers, buy)
+    brands = offers.brand.fillna("").astype(str).to_numpy()
+    group = np.unique(brands, return_inverse=True)[1]
+    problem = AllocationProblem(
+        value=value.astype(np.float32),
+        eligible=inputs.eligible,
+        slots=inputs.slots,
+        couplings=couplings,
+        units=buy.astype(np.float32),
+        cost=cost.astype(np.float32),
+        offer_ids=offers.offer_id.to_numpy(),
+        group=group,
+        max_per_group=c.max_per_brand,
+    )
+    parts = {"p_buy": buy, "gross": gross, "cost": cost, "lever": np.broadcast_to(lever, (n, m))}
+    return problem, parts
+
+
+def _couplings(spec: CampaignFile, offers: pd.DataFrame, buy: np.ndarray) -> list[Coupling]:
+    c = spec.campaign
+    m = len(offers)
+    eye = np.eye(m)
+    out: list[Coupling] = []
+    for j, row in enumerate(offers.itertuples()):
+        left = float(row.stock) - float(row.sold) if pd.notna(row.stock) else None
+        if left is not None:
+            out.append(
+                Coupling(
+                    f"stock[{row.offer_id}]",
+                    "stock",
+                    "units",
+                    eye[j],
+                    max(0.0, left),
+                    f"stock of {row.offer_id} ({max(0.0, left):,.0f} units left)",
+                )
+            )
+        if row.budget is not None and pd.notna(row.budget):
+            out.append(
+                Coupling(
+                    f"budget[{row.offer_id}]",
+                    "budget",
+                    "cost",
+                    eye[j],
+                    float(row.budget),
+                    f"budget of {row.offer_id} ({row.budget:,.2f})",
+                )
+            )
+    if c.budget is not None:
+        out.append(
+            Coupling(
+                "campaign_budget",
+                "campaign_budget",
+                "cost",
+                np.ones(m),
+                c.budget,
+                f"budget of campaign {c.name} ({c.budget:,.2f})",
+            )
+        )
+    if c.capacity is not None:
+        out.append(
+            Coupling(
+                f"capacity[{c.channel}]",
+                "capacity",
+                "count",
+                np.ones(m),
+                float(c.capacity),
+                f"capacity of {c.channel} ({c.capacity:,} offers)",
+            )
+        )
+    tags = offers.tags.fillna("").astype(str)
+    for s in c.shares:
+        if s.tag is not None:
+            member = tags.map(lambda t, tag=s.tag: tag in t.replace(",", "|").split("|"))
+        else:
+            member = offers.brand == s.brand
+        t = member.to_numpy(dtype=np.float64)
+        if s.min is not None:
+            out.append(
+                Coupling(
+                    f"min_share[{s.label}]",
+                    "min_share",
+                    "count",
+                    s.min - t,
+                    0.0,
+                    f"at least {s.min:.0%} of slots for {s.label}",
+                )
+            )
+        if s.max is not None:
+            out.append(
+                Coupling(
+                    f"max_share[{s.label}]",
+                    "max_share",
+                    "count",
+                    t - s.max,
+                    0.0,
+                    f"at most {s.max:.0%} of slots for {s.label}",
+                )
+            )
+    for mn in c.minimums:
+        t = (offers.brand == mn.brand).to_numpy(dtype=np.float64)
+        out.append(
+            Coupling(
+                f"min_count[{mn.brand}]",
+                "min_count",
+                "count",
+                -t,
+                -float(mn.count),
+                f"at least {mn.count:,} slots for brand {mn.brand}",
+            )
+        )
+    return out
+
+
+def _solve(spec: CampaignFile, problem: AllocationProblem, reporter: Reporter) -> Allocation:
+    c = spec.campaign
+    pairs = int(problem.eligible.sum())
+    use_exact = c.solver == "highs" or (c.solver == "auto" and pairs <= c.exact_limit)
+    if use_exact:
+        return solve_exact(problem)
+    return DualipSolver().solve(problem, reporter=reporter)
+
+
+def _slates(
+    problem: AllocationProblem, a: Allocation, k: int, parts: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Whole decisions as ``n x k`` slates, the most valuable first."""
+    n, _ = problem.shape
+    slates = np.full((n, k), -1, dtype=np.int64)
+    gross = parts["gross"][a.customer, a.offer]
+    order = np.lexsort((-gross, a.customer))
+    cust, offer = a.customer[order], a.offer[order]
+    start = np.r_[True, cust[1:] != cust[:-1]] if len(cust) else np.zeros(0, dtype=bool)
+    first = np.maximum.accumulate(np.where(start, np.arange(len(cust)), 0))
+    rank = np.arange(len(cust)) - first
+    ok = rank < k
+    slates[cust[ok], rank[ok]] = offer[ok]
+    return slates
+
+
+def _enforce(
+    problem: AllocationProblem, exploit: np.ndarray, slates: np.ndarray, explored: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Put back the optimiser's offer in explored slots until no hard constraint is broken."""
+    slates, explored = slates.copy(), explored.copy()
+    reverted = 0
+    for _ in range(20):  # a loop over repair passes
+        rows, cols = np.nonzero(slates >= 0)
+        a = Allocation(rows, slates[rows, cols], np.ones(len(rows)))
+        broken = [
+            i
+            for i, (k, used) in enumerate(zip(problem.couplings, problem.usage(a), strict=True))
+            if used > k.bound + 1e-9 * max(1.0, abs(k.bound))
+        ]
+        if not broken:
+            break
+        for i in broken:
+            k = problem.couplings[i]
+            er, ec = np.nonzero(explored)
+            coef = k.weight[slates[er, ec]] * problem.basis_at(k.basis, er, slates[er, ec])
+            back = coef > 0
+            dup = (exploit[er, ec][:, None] == slates[er]).any(axis=1)
+            slates[er[back], ec[back]] = np.where(dup[back], -1, exploit[er[back], ec[back]])
+            explored[er[back], ec[back]] = False
+            reverted += int(back.sum())
+    return slates, explored, reverted
+
+
+def plan_day(
+    spec: CampaignFile,
+    inputs: DayInputs,
+    *,
+    posterior: tuple[np.ndarray, np.ndarray] | None = None,
+    effect: np.ndarray | None = None,
+    order_value: np.ndarray | None = None,
+    random_state: int = 0,
+    reporter: Reporter | None = None,
+) -> DayPlan:
+    """Solve, round, order and explore one day's decisions."""
+    reporter = reporter or NullReporter()
+    c = spec.campaign
+    problem, parts = build_problem(spec, inputs, effect=effect, order_value=order_value)
+    fractional = _solve(spec, problem, reporter)
+    whole = round_allocation(problem, fractional, random_state=random_state)
+    exploit = _slates(problem, whole, c.slots, parts)
+    rng = np.random.default_rng([random_state, 17])
+    x = c.exploration
+    if x.share > 0:
+        ex = explore(
+            exploit,
+            problem.eligible,
+            share=x.share,
+            method=x.method,
+            rng=rng,
+            posterior=posterior,
+            novel=inputs.novel,
+            novelty_share=x.novelty_share,
+        )
+        slates, explored = ex.slates, ex.explored
+        propensity, novel = ex.propensity, ex.novel
+        slates, explored_after, reverted = _enforce(problem, exploit, slates, explored)
+        back = explored & ~explored_after
+        propensity = np.where(back, 1.0 - x.share, propensity)
+        explored = explored_after
+    else:
+        slates, explored, reverted = exploit, np.zeros(exploit.shape, dtype=bool), 0
+        propensity = np.where(slates >= 0, 1.0, 0.0)
+        rows = np.arange(len(slates))[:, None]
+        novel = np.where(slates >= 0, inputs.novel[rows, np.maximum(slates, 0)], False)
+    return DayPlan(
+        inputs=inputs,
+        problem=problem,
+        allocation=whole,
+        slates=slates,
+        propensity=propensity,
+        explored=explored,
+        novel=novel,
+        parts=parts,
+        reverted=reverted,
+    )
+
+
+def score_parts_json(plan: DayPlan, rows: np.ndarray, cols: np.ndarray) -> list[str]:
+    """The score parts of decisions, as JSON objects (for the decision log)."""
+    p = plan.parts
+    prices = plan.prices()
+    out = []
+    for i, j, s in zip(rows, cols, range(len(rows)), strict=False):
+        o = plan.slates[i, j]
+        penalty = (
+            prices["count"][o]
+            + prices["units"][o] * float(p["p_buy"][i, o])
+            + prices["cost"][o] * float(p["cost"][i, o])
+        )
+        out.append(
+            json.dumps(
+                {
+                    "p_response": round(float(plan.inputs.p_response[i, o]), 6),
+                    "p_buy": round(float(p["p_buy"][i, o]), 6),
+                    "gross": round(float(p["gross"][i, o]), 6),
+                    "cost": round(float(p["cost"][i, o]), 6),
+                    "lever": round(float(p["lever"][i, o]), 4),
+                    "value": round(float(plan.problem.value[i, o]), 6),
+                    "shadow_cost": round(penalty, 6),
+                    "explored": bool(plan.explored[i, j]),
+                    "novel": bool(plan.novel[i, j]),
+                }
+            )
+        )
+        del s
+    return out
+
+
+def decision_rows(plan: DayPlan, spec: CampaignFile, day: datetime) -> pd.DataFrame:
+    """The decisions table rows of a plan: one per filled slot, one per held-out customer."""
+    c = spec.campaign
+    ids = plan.inputs.customer_ids
+    offers = plan.inputs.offers.offer_id.to_numpy()
+    rows, cols = np.nonzero(plan.slates >= 0)
+    stamp = f"{c.name}:{day:%Y%m%d}"
+    exp = c.experiment.name if c.experiment else None
+    arm = "optimised" if c.experiment else None
+    sent = pd.DataFrame(
+        {
+            "decision_id": [f"{stamp}:{ids[i]}:{j + 1}" for i, j in zip(rows, cols, strict=True)],
+            "ts": plan.inputs.send_ts,
+            "customer_id": ids[rows],
+            "offer_id": offers[plan.slates[rows, cols]],
+            "channel": c.channel,
+            "slot": cols + 1,
+            "policy": f"{c.name}/{plan.allocation.info.get('solver', '')}",
+            "score": plan.problem.value[rows, plan.slates[rows, cols]].astype(np.float64),
+            "score_parts": score_parts_json(plan, rows, cols),
+            "propensity": plan.propensity[rows, cols],
+            "experiment": exp,
+            "arm": arm,
+        }
+    )
+    held = np.flatnonzero(plan.inputs.holdout)
+    control = pd.DataFrame(
+        {
+            "decision_id": [f"{stamp}:{ids[i]}:0" for i in held],
+            "ts": plan.inputs.send_ts,
+            "customer_id": ids[held],
+            "offer_id": None,
+            "channel": c.channel,
+            "slot": 0,
+            "policy": f"{c.name}/holdout",
+            "score": np.nan,
+            "score_parts": None,
+            "propensity": c.experiment.holdout if c.experiment else np.nan,
+            "experiment": exp,
+            "arm": "holdout",
+        }
+    )
+    return pd.concat([sent, control], ignore_index=True)
+
+
+def summary(plan: DayPlan, spec: CampaignFile, day: datetime) -> dict[str, Any]:
+    """What was decided: totals, per offer, per constraint with shadow prices, exploration."""
+    pb = plan.problem
+    inputs = plan.inputs
+    rows, cols = np.nonzero(plan.slates >= 0)
+    offer = plan.slates[rows, cols]
+    final = Allocation(rows, offer, np.ones(len(rows)))
+    used = pb.usage(final)
+    duals = plan.allocation.duals if plan.allocation.duals is not None else np.zeros(len(used))
+    info = {
+        k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
+        for k, v in plan.allocation.info.items()
+    }
+    m = pb.shape[1]
+    count = np.bincount(offer, minlength=m)
+    units = np.bincount(offer, weights=plan.parts["p_buy"][rows, offer], minlength=m)
+    prices = plan.prices()
+    per_offer = [
+        {
+            "offer_id": str(o),
+            "brand": str(b),
+            "sent": int(count[j]),
+            "expected_units": round(float(units[j]), 3),
+            "stock_left": None if pd.isna(s) else round(float(s) - float(sold), 3),
+            "price_per_unit": round(prices["units"][j], 6),
+            "price_per_cost": round(prices["cost"][j], 6),
+        }
+        for j, (o, b, s, sold) in enumerate(
+            zip(
+                inputs.offers.offer_id,
+                inputs.offers.brand,
+                inputs.offers.stock,
+                inputs.offers.sold,
+                strict=True,
+            )
+        )
+    ]
+    constraints = [
+        {
+            "name": k.name,
+            "label": k.label,
+            "used": round(float(u), 6),
+            "bound": k.bound,
+            "slack": round(float(k.bound - u), 6),
+            "shadow_price": round(float(d), 6),
+            "binding": bool(d > 1e-9 or abs(k.bound - u) <= 1e-6 * max(1.0, abs(k.bound))),
+        }
+        for k, u, d in zip(pb.couplings, used, duals, strict=True)
+    ]
+    filled = len(rows)
+    return {
+        "campaign": spec.campaign.name,
+        "date": f"{day:%Y-%m-%d}",
+        "send_ts": inputs.send_ts.isoformat(),
+        "model": inputs.model_version,
+        "customers": len(inputs.customer_ids),
+        "held_out": int(inputs.holdout.sum()),
+        "contacted": int((plan.slates >= 0).any(axis=1).sum()),
+        "slots_filled": filled,
+        "expected_value": round(float(pb.value[rows, offer].astype(np.float64).sum()), 4),
+        "expected_purchases": round(float(units.sum()), 4),
+        "solver": info,
+        "explored_share": round(float(plan.explored.sum() / max(1, filled)), 4),
+        "novel_share": round(float(plan.novel[plan.slates >= 0].sum() / max(1, filled)), 4),
+        "explored_reverted": plan.reverted,
+        "position_weights": [round(x, 4) for x in inputs.position_weights],
+        "excluded": inputs.excluded,
+        "offers": per_offer,
+        "constraints": constraints,
+        "prices": prices,
+        "offer_ids": [str(o) for o in inputs.offers.offer_id],
+    }
+
+
+def write_outputs(
+    plan: DayPlan, spec: CampaignFile, day: datetime, root: Path, fmt: str = "csv"
+) -> dict[str, Path]:
+    """Slates for the e-mail service (CSV or Parquet) and the summary (JSON) under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{spec.campaign.name}-{day:%Y-%m-%d}"
+    rows, cols = np.nonzero(plan.slates >= 0)
+    o = plan.slates[rows, cols]
+    offers = plan.inputs.offers
+    slates = pd.DataFrame(
+        {
+            "customer_id": plan.inputs.customer_ids[rows],
+            "channel": spec.campaign.channel,
+            "slot": cols + 1,
+            "offer_id": offers.offer_id.to_numpy()[o],
+            "name": offers.name.to_numpy()[o],
+            "brand": offers.brand.to_numpy()[o],
+            "decision_id": [
+                f"{spec.campaign.name}:{day:%Y%m%d}:{plan.inputs.customer_ids[i]}:{j + 1}"
+                for i, j in zip(rows, cols, strict=True)
+            ],
+            "explored": plan.explored[rows, cols],
+        }
+    )
+    paths = {}
+    if fmt == "parquet":
+        paths["slates"] = root / f"slates-{stem}.parquet"
+        slates.to_parquet(paths["slates"], index=False)
+    else:
+        paths["slates"] = root / f"slates-{stem}.csv"
+        slates.to_csv(paths["slates"], index=False)
+    paths["summary"] = root / f"summary-{stem}.json"
+    paths["summary"].write_text(
+        json.dumps(summary(plan, spec, day), indent=2, default=str), encoding="utf-8"
+    )
+    return paths

@@ -1,0 +1,275 @@
+"""One day's decision inputs: the open offers, the customers, their scores and eligibility.
+
+:func:`day_inputs` is the one path from the warehouse and the model store to the matrices the
+optimiser needs, used by the daily batch (every customer) and by explanations (one customer),
+so an explanation always tells what the batch did:
+
+- offers open at the campaign's send time on the campaign's channel, less those excluded, with
+  the campaign file's per-offer settings (stock, budget, redemption cost, eligibility);
+- customers who joined before the send time;
+- scores: the latest propensity model on the point-in-time features of every customer x offer
+  pair (:func:`nextbest.features.offer_customer_features` as of 00:00 UTC of the day). A click
+  model's probabilities are turned into purchase probabilities with the click-to-purchase rate
+  logged so far (per category, shrunk to the overall rate with a prior of 50 clicks);
+- eligibility: consent, unsubscribes and the contact policy (:mod:`.contact`), the per-offer
+  impression limit, the campaign's and each offer's rule (:mod:`.rules`), with the count of
+  pairs each reason excluded;
+- the holdout of the campaign's experiment: ``hash(salt, experiment, customer)`` below the
+  holdout share, stable across runs and machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from nextbest.data.warehouse import Warehouse
+from nextbest.decide.campaign import CampaignFile
+from nextbest.decide.contact import ContactState, contact_state
+from nextbest.decide.rules import compile_rule
+from nextbest.errors import ConfigError, DataError
+from nextbest.features.decision_features import RESPONSES, offer_customer_features
+from nextbest.models.store import ModelStore
+
+__all__ = ["DayInputs", "day_inputs", "holdout_mask", "send_time"]
+
+_PRIOR_CLICKS = 50.0
+
+
+@dataclass
+class DayInputs:
+    """Everything the optimiser needs for one campaign on one day, customers x offers."""
+
+    send_ts: datetime
+    customer_ids: np.ndarray
+    offers: pd.DataFrame  # one row per open offer, in column order of the matrices
+    p_response: np.ndarray  # n x m: the model's probability at slot 1
+    p_buy: np.ndarray  # n x m: purchase probability at slot 1
+    eligible: np.ndarray  # n x m
+    slots: np.ndarray  # n
+    holdout: np.ndarray  # n bool
+    novel: np.ndarray  # n x m: the brand was never shown to the customer
+    contact: ContactState
+    features: pd.DataFrame  # the pairs' features, customer-major
+    response: str = "click"
+    model_version: str = ""
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> customers or pairs
+    rule_masks: dict[str, np.ndarray] = field(default_factory=dict)  # rule text -> n x m
+    position_weights: list[float] = field(default_factory=list)  # response in slot j vs 1
+
+
+def send_time(day: datetime, campaign_time: str) -> datetime:
+    hh, mm = (int(x) for x in campaign_time.split(":"))
+    return datetime(day.year, day.month, day.day, hh, mm, tzinfo=UTC)
+
+
+def holdout_mask(customer_ids: np.ndarray, experiment: str, salt: str, share: float) -> np.ndarray:
+    """``hash(salt, experiment, customer) < share``: the same customers on every machine."""
+    if share <= 0:
+        return np.zeros(len(customer_ids), dtype=bool)
+    key = hashlib.md5(f"{salt}:{experiment}".encode()).hexdigest()[:16]
+    h = pd.util.hash_array(np.asarray(customer_ids, dtype=object), hash_key=key)
+    return (h / np.float64(2**64)) < share
+
+
+def _open_offers(warehouse: Warehouse, spec: CampaignFile, at: datetime) -> pd.DataFrame:
+    t = warehouse.table("offers")
+    ts = ibis.literal(at, type="timestamp('UTC')")
+    t = t.filter(
+        t.start_ts.isnull() | (t.start_ts <= ts),
+        t.end_ts.isnull() | (t.end_ts > ts),
+        t.channels.isnull() | t.channels.contains(spec.campaign.channel),
+    )
+    offers = t.order_by("offer_id").to_pandas()
+    unknown = sorted(set(spec.offers) - set(warehouse.table("offers").offer_id.to_pandas()))
+    if unknown:
+        raise ConfigError(
+            f"offers.{unknown[0]}: no such offer in the warehouse ({len(unknown)} unknown: "
+            f"{', '.join(unknown[:5])}); load it first or fix the id"
+        )
+    keep = [not (s := spec.offers.get(o)) or not s.exclude for o in offers.offer_id]
+    offers = offers[keep].reset_index(drop=True)
+    if offers.empty:
+        raise DataError(
+            f"no offer is open on {spec.campaign.channel} at {at:%Y-%m-%d %H:%M} UTC; load "
+            "offers whose start_ts..end_ts covers the send time, or choose another --date"
+        )
+    settings = [spec.offers.get(o) for o in offers.offer_id]
+    capacity = offers.capacity.astype("float64")
+    offers["stock"] = [
+        s.stock if s and s.stock is not None else c for s, c in zip(settings, capacity, strict=True)
+    ]
+    offers["budget"] = [s.budget if s else None for s in settings]
+    offers["redemption_cost"] = [s.redemption_cost if s else 0.0 for s in settings]
+    offers["rule"] = [
+        (s.eligibility if s and s.eligibility else None)
+        or (e if isinstance(e, str) and e.strip() else None)
+        for s, e in zip(settings, offers.eligibility, strict=True)
+    ]
+    return offers
+
+
+def _sold(warehouse: Warehouse, offer_ids: list[str], before: datetime) -> np.ndarray:
+    ev = warehouse.table("events")
+    ts = ibis.literal(before, type="timestamp('UTC')")
+    ev = ev.filter(ev.type == "purchase", ev.offer_id.isin(offer_ids), ev.ts < ts)
+    got = ev.group_by("offer_id").aggregate(units=ev.quantity.fill_null(1).sum()).to_pandas()
+    units = dict(zip(got.offer_id, got.units, strict=True))
+    return np.array([float(units.get(o, 0.0)) for o in offer_ids])
+
+
+def _conversion(warehouse: Warehouse, offers: pd.DataFrame, before: datetime) -> np.ndarray:
+    """Per offer, P(purchase | click): its category's logged rate, shrunk to the overall one."""
+    ev = warehouse.table("events")
+    ts = ibis.literal(before, type="timestamp('UTC')")
+    ev = ev.filter(ev.ts < ts, ev.decision_id.notnull())
+    clicks = ev.filter(ev.type.isin(RESPONSES["click"])).select("decision_id").distinct()
+    bought = ev.filter(ev.type == "purchase").select("decision_id").distinct()
+    bought = bought.mutate(_b=ibis.literal(1))
+    dec = warehouse.table("decisions").select("decision_id", "offer_id")
+    cat = warehouse.table("offers").select("offer_id", "category")
+    rows = clicks.join(dec, "decision_id").join(cat, "offer_id")
+    rows = rows.left_join(bought, "decision_id")
+    by = rows.group_by("category").aggregate(n=rows.count(), k=rows._b.fill_null(0).sum())
+    got = by.to_pandas()
+    total_n, total_k = float(got.n.sum()), float(got.k.sum())
+    overall = total_k / total_n if total_n else 0.05
+    rate = {
+        c: (k + _PRIOR_CLICKS * overall) / (n + _PRIOR_CLICKS)
+        for c, n, k in zip(got.category, got.n, got.k, strict=True)
+    }
+    return np.array([rate.get(c, overall) for c in offers.category])
+
+
+def day_inputs(
+    warehouse: Warehouse,
+    store: ModelStore,
+    spec: CampaignFile,
+    day: datetime,
+    *,
+    customer_ids: list[str] | None = None,
+) -> DayInputs:
+    """The decision inputs of ``spec`` on ``day`` (all customers, or those given)."""
+    c = spec.campaign
+    at = send_time(day, c.send_time)
+    as_of = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    offers = _open_offers(warehouse, spec, at)
+    offers["sold"] = _sold(warehouse, list(offers.offer_id), as_of)
+    ts = ibis.literal(at, type="timestamp('UTC')")
+    cust = warehouse.table("customers")
+    cust = cust.filter(cust.signup_ts.isnull() | (cust.signup_ts < ts))
+    if customer_ids is not None:
+        cust = cust.filter(cust.customer_id.isin(customer_ids))
+    ids = cust.select("customer_id").order_by("customer_id").to_pandas().customer_id.to_numpy()
+    if customer_ids is not None and len(ids) < len(set(customer_ids)):
+        missing = sorted(set(customer_ids) - set(ids))
+        raise DataError(f"customer {missing[0]} is unknown or had not joined by {at:%Y-%m-%d}")
+    if not len(ids):
+        raise DataError(f"no customer had joined by {at:%Y-%m-%d %H:%M} UTC")
+    n, m = len(ids), len(offers)
+    try:
+        model, manifest = store.load("propensity")
+    except ConfigError as exc:
+        raise ConfigError(
+            f"decisions need a propensity model ({exc}); run 'nextbest train propensity'"
+        ) from None
+    pairs = ibis.memtable(
+        pd.DataFrame(
+            {
+                "customer_id": np.repeat(ids, m),
+                "offer_id": np.tile(offers.offer_id.to_numpy(), n),
+                "slot": np.ones(n * m, dtype=np.int64),
+            }
+        )
+    )
+    feats = offer_customer_features(warehouse, pairs, as_of).to_pandas()
+    feats = feats.sort_values(["customer_id", "offer_id"], kind="stable").reset_index(drop=True)
+    manifest.check_features(feats.columns)
+    p = model.predict_proba(feats[list(manifest.features)])[:, 1].reshape(n, m)
+    response = str(manifest.params.get("response", "click"))
+    weights = list(c.position_weights[: c.slots]) or _position_weights(
+        model, feats[list(manifest.features)], c.slots
+    )
+    p_buy = p if response == "purchase" else p * _conversion(warehouse, offers, as_of)[None, :]
+
+    state = contact_state(
+        warehouse,
+        as_of,
+        c.contact,
+        customer_ids=list(ids),
+        offer_ids=list(offers.offer_id),
+    )
+    reachable = state.allowed(c.channel, at) & (state.remaining(c.channel) >= 1)
+    holdout = np.zeros(n, dtype=bool)
+    if c.experiment is not None:
+        holdout = holdout_mask(ids, c.experiment.name, c.experiment.salt, c.experiment.holdout)
+    eligible = np.repeat(reachable[:, None], m, axis=1)
+    excluded = {
+        "customers not reachable (consent, unsubscribed, contact policy)": int((~reachable).sum())
+    }
+    impressions = state.offer_allowed(list(offers.offer_id))
+    excluded["pairs over the offer impression limit"] = int((eligible & ~impressions).sum())
+    eligible &= impressions
+    context = {"channel": c.channel, "hour": at.hour, "weekday": at.weekday()}
+    masks: dict[str, np.ndarray] = {}
+    texts = [(c.eligibility, slice(None), "campaign.eligibility")]
+    texts += [
+        (r, slice(j, j + 1), f"offers.{o}.eligibility")
+        for j, (r, o) in enumerate(zip(offers.rule, offers.offer_id, strict=True))
+        if r
+    ]
+    for text, cols, where in texts:
+        if not text:
+            continue
+        rule = compile_rule(text, where=where)
+        ok = np.empty((n, m), dtype=bool)
+        for j in range(m)[cols]:  # a loop over the offers a rule covers
+            rows = feats.iloc[j::m]
+            values = {col: rows[col].to_numpy() for col in rule.names if col in rows.columns}
+            values.update({k: v for k, v in context.items() if k in rule.names})
+            ok[:, j] = rule.evaluate(values, n)
+        full = np.ones((n, m), dtype=bool)
+        full[:, cols] = ok[:, cols]
+        masks[text] = full
+        excluded[f"pairs excluded by {where}: {text}"] = int((eligible & ~full).sum())
+        eligible &= full
+    shown = feats["aff_brand_shown"].to_numpy().reshape(n, m)
+    touched = feats["aff_brand"].to_numpy().reshape(n, m)
+    slots = np.where(holdout, 0, c.slots).astype(np.int64)
+    return DayInputs(
+        send_ts=at,
+        customer_ids=ids,
+        offers=offers,
+        p_response=p,
+        p_buy=p_buy,
+        eligible=eligible,
+        slots=slots,
+        holdout=holdout,
+        novel=(shown == 0) & (touched == 0),
+        contact=state,
+        features=feats,
+        response=response,
+        model_version=manifest.name,
+        excluded=excluded,
+        rule_masks=masks,
+        position_weights=weights,
+    )
+
+
+def _position_weights(model: object, X: pd.DataFrame, slots: int) -> list[float]:
+    """The model's response in slot j relative to slot 1, on a sample of the day's pairs."""
+    if "slot" not in X.columns:
+        return [1.0] * slots
+    sample = X.sample(n=min(len(X), 5_000), random_state=0)
+    base = None
+    out = []
+    for j in range(1, slots + 1):  # a loop over slots
+        p = float(model.predict_proba(sample.assign(slot=j))[:, 1].mean())  # type: ignore[attr-defined]
+        base = base or max(p, 1e-12)
+        out.append(p / base)
+    return out
