@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_basket.py
 	$(BIN)/python bench/bench_models.py
+	$(BIN)/python bench/bench_decide.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -13,7 +13,11 @@ beyond, :mod:`nextbest.decide.dualip` solves the same problem by dual decomposit
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import highspy
 import numpy as np
@@ -41,6 +45,29 @@ def _matrix(problem: AllocationProblem, rows: np.ndarray, cols: np.ndarray) -> s
     return sp.vstack(blocks, format="csc")
 
 
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1: highspy prints its banner from C++ on construction, before
+    ``output_flag`` can be set, and it would corrupt ``--json`` output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _highs() -> highspy.Highs:
+    with _quiet_stdout():
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+    return h
+
+
 def solve_exact(
     problem: AllocationProblem, *, time_limit: float | None = None, threads: int = 1
 ) -> Allocation:
@@ -55,6 +82,21 @@ def solve_exact(
     started = time.perf_counter()
     n, m = problem.shape
     rows, cols = np.nonzero(problem.eligible)
+    if not len(rows):  # nothing can be allocated: x = 0 is the only solution
+        short = [k.label or k.name for k in problem.couplings if k.bound < 0]
+        if short:
+            raise InfeasibleError(
+                "the constraints cannot all hold: no customer is eligible for any offer, so "
+                + "; ".join(short)
+                + " cannot be met. Widen eligibility or lower the minimum"
+            )
+        return Allocation(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0),
+            duals=np.zeros(len(problem.couplings)),
+            info={"solver": "highs", "objective": 0.0, "upper_bound": 0.0, "gap": 0.0},
+        )
     a = _matrix(problem, rows, cols)
     lp = highspy.HighsLp()
     lp.num_col_ = len(rows)
@@ -71,8 +113,7 @@ def solve_exact(
     lp.a_matrix_.value_ = a.data
     lp.a_matrix_.num_col_ = len(rows)
     lp.a_matrix_.num_row_ = a.shape[0]
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _highs()
     h.setOptionValue("threads", threads)
     if time_limit is not None:
         h.setOptionValue("time_limit", float(time_limit))

@@ -92,8 +92,12 @@ def explain(ws: Workspace, spec: CampaignFile, customer_id: str, day: datetime) 
     dec = ws.warehouse.table("decisions")
     prefix = f"{spec.campaign.name}:{day:%Y%m%d}:{customer_id}:"
     got = dec.filter(dec.decision_id.startswith(prefix)).to_pandas()
-    slot_of = {r.offer_id: int(r.slot) for r in got.itertuples() if r.offer_id is not None}
-    logged = {r.offer_id: json.loads(r.score_parts) for r in got.itertuples() if r.score_parts}
+    slot_of = {r.offer_id: int(r.slot) for r in got.itertuples() if isinstance(r.offer_id, str)}
+    logged = {
+        r.offer_id: json.loads(r.score_parts)
+        for r in got.itertuples()
+        if isinstance(r.score_parts, str)
+    }
     prices = {b: np.asarray(v) for b, v in batch["prices"].items()}
     duals = {c["name"]: c["shadow_price"] for c in batch["constraints"]}
     c = spec.campaign

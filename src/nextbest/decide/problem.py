@@ -142,6 +142,10 @@ class AllocationProblem:
                     f"constraint {k.name}: expected one weight per offer ({m}), "
                     f"got shape {k.weight.shape}"
                 )
+            if k.basis not in BASES:
+                raise ConfigError(
+                    f"constraint {k.name}: basis must be one of {', '.join(BASES)}, got {k.basis!r}"
+                )
             if getattr(self, k.basis) is None and k.basis != "count":
                 raise ConfigError(
                     f"constraint {k.name} is on {k.basis}, but the problem has no {k.basis}"

@@ -24,23 +24,35 @@ shares hold after repair; tests check this on random instances.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numba as nb
 import numpy as np
 
-from nextbest.decide.problem import Allocation, AllocationProblem
+from nextbest.decide._kernels import as_basis
+from nextbest.decide.problem import BASES, Allocation, AllocationProblem
 
 __all__ = ["round_allocation"]
 
-_ROUNDS = 4
 _CHUNK = 65_536
 
 
 def _fillers(
-    problem: AllocationProblem, prices: dict[str, np.ndarray], per: int
+    problem: AllocationProblem,
+    prices: dict[str, np.ndarray],
+    per: int,
+    among: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per customer, her ``per`` best eligible offers of positive value by reduced value."""
+    """Per customer, her ``per`` best eligible offers of positive value by reduced value.
+
+    ``among``: a mask of the offers to choose from (all by default).
+    """
     n, m = problem.shape
     per = min(per, m)
     cs, os, rs = [], [], []
+    if per <= 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
     for start in range(0, n, _CHUNK):  # a loop over chunks of customers
         rows = slice(start, min(n, start + _CHUNK))
         r = problem.value[rows].astype(np.float64)
@@ -48,6 +60,8 @@ def _fillers(
             basis = problem.basis(b, rows)
             r = r - price * basis
         ok = problem.eligible[rows] & (problem.value[rows] > 0)
+        if among is not None:
+            ok &= among
         r = np.where(ok, r, -np.inf)
         top = (
             np.argpartition(-r, per - 1, axis=1)[:, :per]
@@ -61,6 +75,16 @@ def _fillers(
         os.append(top.ravel()[keep])
         rs.append(val.ravel()[keep])
     return np.concatenate(cs), np.concatenate(os), np.concatenate(rs)
+
+
+def _reduced(
+    problem: AllocationProblem, prices: dict[str, np.ndarray], cust: np.ndarray, offer: np.ndarray
+) -> np.ndarray:
+    """Value less the dual prices of the resources used, per assignment."""
+    r = problem.value[cust, offer].astype(np.float64)
+    for b, price in prices.items():
+        r -= price[offer] * problem.basis_at(b, cust, offer)
+    return r
 
 
 def _rank_within(keys: np.ndarray) -> np.ndarray:
@@ -93,17 +117,27 @@ def _systematic(customer: np.ndarray, share: np.ndarray, rng: np.random.Generato
 
 
 def round_allocation(
-    problem: AllocationProblem, fractional: Allocation, *, random_state: int = 0
+    problem: AllocationProblem,
+    fractional: Allocation,
+    *,
+    random_state: int = 0,
+    share_tolerance: float = 0.005,
 ) -> Allocation:
-    """Whole decisions (share 1) from ``fractional``, meeting every hard constraint."""
-    n, m = problem.shape
+    """Whole decisions (share 1) from ``fractional``, meeting every hard constraint.
+
+    ``share_tolerance``: how far (as a share of all slots) a minimum or maximum share may be
+    missed before assignments are dropped to meet it. When the offers a share needs are also
+    short of stock, meeting it exactly costs several other assignments for each one missing
+    (four for a 20% minimum); the default half a point keeps those, and the shortfall is
+    reported in ``info["unmet"]``. Budgets, stock, caps, consent and slots have no tolerance.
+    """
+    m = problem.shape[1]
     rng = np.random.default_rng(random_state)
     duals = fractional.duals if fractional.duals is not None else np.zeros(len(problem.couplings))
     w = problem.weights()
     prices = {b: duals @ w[b] for b in problem.used_bases()}
     kmax = int(problem.slots.max(initial=0))
-    fc, fo, fr = _fillers(problem, prices, 2 * kmax + 2)
-    scale = max(1e-12, float(np.abs(fr).max(initial=1.0)))
+    mixed = [i for i, k in enumerate(problem.couplings) if (k.weight < 0).any()]
     ok = problem.eligible[fractional.customer, fractional.offer] & (fractional.share > 1e-9)
     by_customer = np.argsort(fractional.customer, kind="stable")
     sampled = np.zeros(len(ok), dtype=bool)
@@ -113,74 +147,64 @@ def round_allocation(
         rng,
     )
     ok &= sampled
-    cust = np.concatenate([fractional.customer[ok], fc])
-    offer = np.concatenate([fractional.offer[ok], fo])
-    value = problem.value[cust, offer].astype(np.float64)
-    # primaries by share (ties by value), then fillers by reduced value: all in one number
-    priority = np.concatenate(
-        [fractional.share[ok] + 1e-6 * np.tanh(value[: ok.sum()]), fr / scale * 0.5 - 1.0]
-    )
-    order = np.lexsort((-priority, cust))
+    # Candidates: the sampled primaries, in random order (each is what the LP meant with
+    # probability its share, so when sampling overshoots a budget a random few go, and every
+    # offer keeps its mix; ordering them by value or share instead took the stock of a
+    # thinly spread new designer's offer first and broke its share), then fillers by
+    # reduced value; one pair once (a dense mask: n x m bits is small beside the values).
+    seen = np.zeros(problem.shape, dtype=bool)
+    parts_c, parts_o = [fractional.customer[ok]], [fractional.offer[ok]]
+    seen[parts_c[0], parts_o[0]] = True
+    parts_p = [1.0 + 0.5 * rng.random(len(parts_c[0]))]
+    wanted = [(2 * kmax + 2, None)] + [
+        (kmax, problem.couplings[i].weight < 0) for i in mixed
+    ]  # the best offers for each minimum too, so that repair can add them
+    for per, mask in wanted:  # a loop over kinds of fillers
+        fc, fo, fr = _fillers(problem, prices, per, mask)
+        new = ~seen[fc, fo]
+        seen[fc[new], fo[new]] = True
+        scale = max(1e-12, float(np.abs(fr).max(initial=1.0)))
+        parts_c.append(fc[new])
+        parts_o.append(fo[new])
+        parts_p.append(fr[new] / scale * 0.5 - 1.0)
+    del seen
+    cust = np.concatenate(parts_c).astype(np.int64)
+    offer = np.concatenate(parts_o).astype(np.int64)
+    priority = np.concatenate(parts_p)
+    order = np.argsort(cust, kind="stable")
     cust, offer, priority = cust[order], offer[order], priority[order]
-    pair = cust.astype(np.int64) * m + offer
-    _, first = np.unique(pair, return_index=True)
-    keep = np.zeros(len(pair), dtype=bool)
-    keep[first] = True
-    cust, offer, priority = cust[keep], offer[keep], priority[keep]
     group = problem.group if problem.group is not None else np.arange(m)
     cap = problem.max_per_group if problem.max_per_group is not None else m
-    nonneg = [i for i, k in enumerate(problem.couplings) if (k.weight >= 0).all()]
-    used = np.zeros(len(problem.couplings))
-    coef = {
-        i: problem.couplings[i].weight[offer]
-        * problem.basis_at(problem.couplings[i].basis, cust, offer)
-        for i in range(len(problem.couplings))
-    }
-    state = np.zeros(len(cust), dtype=np.int8)  # 0 open, 1 accepted, 2 refused
+    kk = len(problem.couplings)
+    book = _Book(problem, cust, offer, np.asarray(group, dtype=np.int64), cap)
     global_order = np.argsort(-priority, kind="stable")
-    for _ in range(_ROUNDS):  # a loop over proposal rounds
-        taken = np.bincount(cust[state == 1], minlength=n)
-        free = problem.slots - taken
-        open_ = np.flatnonzero(state == 0)
-        if not len(open_):
-            break
-        # at most `cap` per brand: accepted ones count first
-        g = group[offer[open_]].astype(np.int64)
-        gkey = cust[open_].astype(np.int64) * (int(group.max(initial=0)) + 1) + g
-        acc = np.flatnonzero(state == 1)
-        acc_key = cust[acc].astype(np.int64) * (int(group.max(initial=0)) + 1) + group[offer[acc]]
-        ukeys, counts = np.unique(acc_key, return_counts=True)
-        already = np.zeros(len(open_), dtype=np.int64)
-        if len(ukeys):
-            pos = np.minimum(np.searchsorted(ukeys, gkey), len(ukeys) - 1)
-            already = np.where(ukeys[pos] == gkey, counts[pos], 0)
-        by_group = np.lexsort((-priority[open_], gkey))
-        rank_g = np.empty(len(open_), dtype=np.int64)
-        rank_g[by_group] = _rank_within(gkey[by_group])
-        fits_group = already + rank_g < cap
-        cand = open_[fits_group]
-        rank_c = _rank_within(cust[cand])  # cand is sorted by customer, then priority
-        proposed = cand[rank_c < free[cust[cand]]]
-        if not len(proposed):
-            break
-        # resources, in global priority order
-        prop_mask = np.zeros(len(cust), dtype=bool)
-        prop_mask[proposed] = True
-        seq = global_order[prop_mask[global_order]]
-        refuse = np.zeros(len(seq), dtype=bool)
-        for i in nonneg:
-            c = coef[i][seq]
-            if not c.any():
-                continue
-            room = problem.couplings[i].bound - used[i]
-            refuse |= (c > 0) & (np.cumsum(c) > room + 1e-9)
-        accepted = seq[~refuse]
-        state[accepted] = 1
-        state[seq[refuse]] = 2
-        for i in range(len(problem.couplings)):
-            used[i] += coef[i][accepted].sum()
-    chosen = np.flatnonzero(state == 1)
-    chosen, unmet = _repair_shares(problem, chosen, coef, priority)
+    enforce = np.array([i not in mixed for i in range(kk)], dtype=bool)
+    book.greedy(global_order, enforce)  # hard constraints only: every candidate, best first
+    if mixed:
+        every = np.ones(kk, dtype=bool)
+        helps = np.zeros(len(cust), dtype=bool)
+        for i in mixed:  # add assignments that lift a broken minimum into free slots
+            if book.used[i] > problem.couplings[i].bound + 1e-9:
+                helps |= problem.couplings[i].weight[offer] < 0
+        if helps.any():
+            book.greedy(global_order[helps[global_order]], every)
+        alive = _repair_shares(
+            problem, book.state == 1, book.coef, priority, mixed, share_tolerance
+        )
+        book.state[(book.state == 1) & ~alive] = 0
+        book.used = book.usage(np.flatnonzero(alive))
+        book.greedy(global_order, every)  # refill what the repair freed, keeping every limit
+    chosen = np.flatnonzero(book.state == 1)
+    unmet = []
+    for k, lhs in zip(problem.couplings, book.usage(chosen), strict=True):
+        if lhs > k.bound + 1e-6 * max(1.0, abs(k.bound)):
+            if k.kind in ("min_share", "max_share") and len(chosen):
+                unmet.append(
+                    f"{k.name} ({k.label or k.kind}): missed by {lhs / len(chosen):.2%} of slots "
+                    f"(tolerance {share_tolerance:.2%})"
+                )
+            else:
+                unmet.append(f"{k.name} ({k.label or k.kind}): short by {lhs - k.bound:.6g}")
     a = Allocation(cust[chosen], offer[chosen], np.ones(len(chosen)), duals=fractional.duals)
     objective = problem.objective(a)
     upper = float(fractional.info.get("upper_bound", np.nan))
@@ -195,35 +219,175 @@ def round_allocation(
     return a
 
 
+class _Book:
+    """Candidates sorted by customer, which of them are taken, and what the couplings use."""
+
+    def __init__(
+        self,
+        problem: AllocationProblem,
+        cust: np.ndarray,
+        offer: np.ndarray,
+        group: np.ndarray,
+        cap: int,
+    ) -> None:
+        n, m = problem.shape
+        self.problem, self.cust, self.offer, self.group, self.cap = problem, cust, offer, group, cap
+        self.start = np.searchsorted(cust, np.arange(n + 1))
+        self.state = np.zeros(len(cust), dtype=np.int8)  # 0 open, 1 taken, 2 refused
+        self.used = np.zeros(len(problem.couplings))
+        # per offer, the couplings with a non-zero weight on it (CSR), and their bases
+        kidx, basis, wt, ptr = [], [], [], [0]
+        for o in range(m):  # a loop over offers
+            for i, k in enumerate(problem.couplings):
+                if k.weight[o] != 0:
+                    kidx.append(i)
+                    basis.append(BASES.index(k.basis))
+                    wt.append(float(k.weight[o]))
+            ptr.append(len(kidx))
+        self.kidx, self.kbasis = np.array(kidx, np.int64), np.array(basis, np.int64)
+        self.kw, self.kptr = np.array(wt, np.float64), np.array(ptr, np.int64)
+        self.units, self.u2d = as_basis(problem.units, m)
+        self.cost, self.c2d = as_basis(problem.cost, m)
+
+    def usage(self, idx: np.ndarray) -> np.ndarray:
+        """Every coupling's left-hand side over the candidates ``idx``."""
+        return _usage(
+            idx, self.cust, self.offer, len(self.problem.couplings), self.kptr, self.kidx,
+            self.kbasis, self.kw, self.units, self.u2d, self.cost, self.c2d,
+        )  # fmt: skip
+
+    def coef(self, i: int, idx: np.ndarray) -> np.ndarray:
+        """Coupling ``i``'s coefficient of the candidates ``idx``."""
+        k = self.problem.couplings[i]
+        c, o = self.cust[idx], self.offer[idx]
+        return k.weight[o].astype(np.float64) * self.problem.basis_at(k.basis, c, o)
+
+    def greedy(self, order: np.ndarray, enforce: np.ndarray) -> None:
+        """Take the open candidates of ``order`` in turn when they still fit (see `_greedy`)."""
+        bounds = self.problem.bounds
+        _greedy(
+            order, self.cust, self.offer, self.group, self.cap, self.start,
+            self.problem.slots, self.state, self.used, bounds, enforce,
+            self.kptr, self.kidx, self.kbasis, self.kw, self.units, self.u2d, self.cost, self.c2d,
+        )  # fmt: skip
+
+
+@nb.njit(cache=True)
+def _usage(idx, cust, offer, kk, kptr, kidx, kbasis, kw, units, u2d, cost, c2d):  # type: ignore[no-untyped-def]
+    used = np.zeros(kk)
+    for j in idx:
+        c, o = cust[j], offer[j]
+        for t in range(kptr[o], kptr[o + 1]):
+            b = kbasis[t]
+            base = (
+                1.0
+                if b == 0
+                else (units[c if u2d else 0, o] if b == 1 else cost[c if c2d else 0, o])
+            )
+            used[kidx[t]] += kw[t] * base
+    return used
+
+
+@nb.njit(cache=True)
+def _greedy(
+    order,
+    cust,
+    offer,
+    group,
+    cap,
+    start,
+    slots,
+    state,
+    used,
+    bounds,
+    enforce,
+    kptr,
+    kidx,
+    kbasis,
+    kw,
+    units,
+    u2d,
+    cost,
+    c2d,
+):  # type: ignore[no-untyped-def]
+    """One pass in ``order``: take a candidate if her slots, her brand cap and every enforced
+    coupling it adds to still allow it (refused ones are tried again by later passes).
+
+    Compiled: the check is sequential (each decision changes what is left), a loop numpy
+    cannot express; one pass over millions of candidates takes well under a second.
+    """
+    taken = np.zeros(len(slots), dtype=np.int64)
+    for j in range(len(state)):
+        if state[j] == 1:
+            taken[cust[j]] += 1
+    for j in order:
+        if state[j] == 1:
+            continue
+        c, o = cust[j], offer[j]
+        if taken[c] >= slots[c]:
+            state[j] = 2
+            continue
+        same = 0
+        if taken[c] > 0:
+            for t in range(start[c], start[c + 1]):
+                if state[t] == 1 and group[offer[t]] == group[o]:
+                    same += 1
+        if same >= cap:
+            state[j] = 2
+            continue
+        fits = True
+        for t in range(kptr[o], kptr[o + 1]):
+            b = kbasis[t]
+            base = (
+                1.0
+                if b == 0
+                else (units[c if u2d else 0, o] if b == 1 else cost[c if c2d else 0, o])
+            )
+            a = kw[t] * base
+            i = kidx[t]
+            if enforce[i] and a > 0 and used[i] + a > bounds[i] + 1e-9:
+                fits = False
+                break
+        if not fits:
+            state[j] = 2
+            continue
+        state[j] = 1
+        taken[c] += 1
+        for t in range(kptr[o], kptr[o + 1]):
+            b = kbasis[t]
+            base = (
+                1.0
+                if b == 0
+                else (units[c if u2d else 0, o] if b == 1 else cost[c if c2d else 0, o])
+            )
+            used[kidx[t]] += kw[t] * base
+
+
 def _repair_shares(
     problem: AllocationProblem,
-    chosen: np.ndarray,
-    coef: dict[int, np.ndarray],
+    taken: np.ndarray,
+    coef: Callable[[int, np.ndarray], np.ndarray],
     priority: np.ndarray,
-) -> tuple[np.ndarray, list[str]]:
+    mixed: list[int],
+    tolerance: float = 0.0,
+) -> np.ndarray:
     """Drop the lowest-priority assignments counting against a broken mixed-sign constraint."""
-    mixed = [i for i, k in enumerate(problem.couplings) if (k.weight < 0).any()]
-    alive = np.zeros(len(priority), dtype=bool)
-    alive[chosen] = True
+    alive = taken.copy()
     for _ in range(10):  # a loop over repair passes; each only removes assignments
         changed = False
         for i in mixed:
             k = problem.couplings[i]
             idx = np.flatnonzero(alive)
-            excess = coef[i][idx].sum() - k.bound
+            ci = coef(i, idx)
+            slack = tolerance * len(idx) if k.kind in ("min_share", "max_share") else 0.0
+            excess = ci.sum() - k.bound - slack
             if excess <= 1e-9:
                 continue
-            pos = idx[coef[i][idx] > 0]
+            pos = idx[ci > 0]
             pos = pos[np.argsort(priority[pos], kind="stable")]
-            need = np.searchsorted(np.cumsum(coef[i][pos]), excess - 1e-9) + 1
+            need = np.searchsorted(np.cumsum(coef(i, pos)), excess - 1e-9) + 1
             alive[pos[:need]] = False
             changed = changed or len(pos[:need]) > 0
         if not changed:
             break
-    unmet = []
-    idx = np.flatnonzero(alive)
-    for i, k in enumerate(problem.couplings):
-        lhs = coef[i][idx].sum()
-        if lhs > k.bound + 1e-6 * max(1.0, abs(k.bound)):
-            unmet.append(f"{k.label or k.name}: short by {lhs - k.bound:.6g}")
-    return idx, unmet
+    return alive

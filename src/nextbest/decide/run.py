@@ -76,13 +76,12 @@ def _check_log(ws: Workspace, spec: CampaignFile, day: datetime, rows: Any) -> N
     old = old.to_pandas()
     if old.empty:
         return
-    new = rows[["decision_id", "offer_id"]]
-    same = (
-        old.sort_values("decision_id")
-        .reset_index(drop=True)
-        .fillna("")
-        .equals(new.sort_values("decision_id").reset_index(drop=True).fillna(""))
-    )
+
+    def pairs(frame: Any) -> set[tuple[str, str]]:
+        offers = frame.offer_id.astype(object).where(frame.offer_id.notna(), "")
+        return set(zip(frame.decision_id.astype(str), offers.astype(str), strict=True))
+
+    same = pairs(old) == pairs(rows)
     if not same:
         raise ConfigError(
             f"campaign {spec.campaign.name} was already decided for {day:%Y-%m-%d} with other "
@@ -131,6 +130,10 @@ def decide(
         _check_log(ws, spec, day, rows)
     out = out or ws.root / "decisions"
     paths = write_outputs(plan, spec, day, out, fmt)
+    record = ws.root / "decisions" / paths["summary"].name
+    if record.resolve() != paths["summary"].resolve():  # explanations read the workspace's copy
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(paths["summary"].read_text(encoding="utf-8"), encoding="utf-8")
     load = None
     if log_decisions:
         log_dir = ws.root / "decisions" / "log"

@@ -1,0 +1,222 @@
+"""``decide`` end to end on a simulated retailer: promises kept, decisions logged, explained."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nextbest.data.ingest import ingest
+from nextbest.data.workspace import Workspace
+from nextbest.decide import decide, explain, holdout_mask, load_campaign, parse_campaign
+from nextbest.errors import ConfigError, InfeasibleError
+from nextbest.models import ModelStore, TrainOptions, train
+from nextbest.simulate import SimConfig, simulate
+from tests.cli.test_cli import run
+
+DAY = datetime(2026, 1, 13, tzinfo=UTC)  # the day after the 12 simulated ones
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """3,000 simulated members over 12 days (a 10% daily holdout), with models trained."""
+    root = tmp_path_factory.mktemp("decide")
+    simulate(SimConfig(n_customers=3_000, days=12, seed=21, holdout_share=0.1), root / "sim")
+    ws = Workspace.init(root / "ws")
+    ingest(ws.warehouse, [root / "sim"], ws.config.ingest)
+    options = TrainOptions(holdout_days=2, calibration_days=2, uplift_window_days=1)
+    train(ws.warehouse, ModelStore(ws.models), "propensity", options)
+    train(ws.warehouse, ModelStore(ws.models), "uplift", options)
+    yield ws
+    ws.close()
+
+
+CAMPAIGN = {
+    "campaign": {
+        "name": "daily",
+        "slots": 3,
+        "budget": 30.0,
+        "shares": [{"tag": "new_designer", "min": 0.2}],
+        "exploration": {"share": 0.1, "novelty_share": 0.5},
+        "experiment": {"name": "daily", "holdout": 0.1, "salt": "s1"},
+        "contact": {"per_week": {"email": 6}},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def daily(shop: Workspace):
+    return decide(shop, parse_campaign(CAMPAIGN), DAY, out=shop.root / "out")
+
+
+def test_decisions_keep_every_promise(shop: Workspace, daily) -> None:
+    plan, s = daily.plan, daily.summary
+    log = shop.warehouse.table("decisions")
+    log = log.filter(log.decision_id.startswith("daily:20260113:")).to_pandas()
+    sent = log[log.offer_id.notnull()]
+    assert len(sent) == s["slots_filled"] > 1_000
+    assert daily.load.tables["decisions"].quarantined == 0
+    # consent and unsubscribes: nobody mailed without consent or after unsubscribing
+    customers = shop.warehouse.table("customers").to_pandas().set_index("customer_id")
+    assert customers.loc[sent.customer_id.unique(), "consent_email"].all()
+    ev = shop.warehouse.table("events").to_pandas()
+    gone = set(ev[(ev.type == "unsubscribe") & (ev.ts < DAY)].customer_id)
+    assert gone and not gone & set(sent.customer_id)
+    # the contact policy: at most 6 e-mails in 7 days, counting this one
+    week = ev[(ev.type == "email_sent") & (ev.ts >= DAY - pd.Timedelta(days=7)) & (ev.ts < DAY)]
+    before = week.groupby("customer_id").size()
+    assert (before.reindex(sent.customer_id.unique()).fillna(0) <= 5).all()
+    assert (before >= 6).sum() > 0  # the cap did exclude someone
+    # the holdout: hashed, stable, never mailed, logged as control rows
+    ids = plan.inputs.customer_ids
+    held = set(ids[holdout_mask(ids, "daily", "s1", 0.1)])
+    control = log[log.offer_id.isnull()]
+    assert set(control.customer_id) == held and not held & set(sent.customer_id)
+    assert abs(len(held) / len(ids) - 0.1) < 0.02
+    # slates: at most 3, one offer per brand, slots numbered from 1
+    brands = plan.inputs.offers.set_index("offer_id").brand
+    per = sent.assign(brand=brands.reindex(sent.offer_id).to_numpy()).groupby("customer_id")
+    assert per.size().max() <= 3 and (per.brand.nunique() == per.size()).all()
+    assert set(sent.slot) <= {1, 2, 3}
+    # stock, budget and the new-designer share hold on the final decisions
+    for c in s["constraints"]:
+        assert c["used"] <= c["bound"] + 1e-6, c
+    assert {"campaign_budget", "min_share[tag new_designer]"} <= {
+        c["name"] for c in s["constraints"]
+    }
+    # exploration: about 10% of slots, each with its probability logged
+    assert 0.06 < s["explored_share"] <= 0.11
+    assert ((sent.propensity > 0) & (sent.propensity <= 1)).all()
+    parts = sent.score_parts.map(json.loads)
+    explored = parts.map(lambda p: p["explored"])
+    assert (sent.propensity[~explored] >= 0.9 - 1e-9).all()
+    # an explored slot shows another offer than the optimiser's, mostly (then p < 0.9)
+    assert (sent.propensity[explored] < 0.9).mean() > 0.8
+    # files for the e-mail service and the summary
+    slates = pd.read_csv(daily.paths["slates"])
+    assert len(slates) == len(sent) and set(slates.decision_id) == set(sent.decision_id)
+
+
+def test_deciding_a_day_again_adds_nothing_and_a_different_plan_is_refused(
+    shop: Workspace, daily
+) -> None:
+    again = decide(shop, parse_campaign(CAMPAIGN), DAY, out=shop.root / "out")
+    assert again.load.status == "already loaded"
+    assert (again.plan.slates == daily.plan.slates).all()
+    changed = json.loads(json.dumps(CAMPAIGN))
+    changed["campaign"]["slots"] = 2
+    with pytest.raises(ConfigError, match="already decided for 2026-01-13 with other decisions"):
+        decide(shop, parse_campaign(changed), DAY, out=shop.root / "out")
+    preview = decide(shop, parse_campaign(changed), DAY, log_decisions=False)
+    assert preview.summary["slots_filled"] < daily.summary["slots_filled"]
+
+
+def test_explanations_name_the_binding_stock(shop: Workspace, daily) -> None:
+    # the offer sent most, nearly sold out: its stock binds, with a shadow price
+    top = max(daily.summary["offers"], key=lambda o: o["sent"])["offer_id"]
+    spec = json.loads(json.dumps(CAMPAIGN))
+    spec["campaign"]["name"] = "scarce"
+    spec["campaign"]["exploration"] = {"share": 0.0}
+    spec["offers"] = {top: {"stock": 0.05}}
+    run_ = decide(shop, parse_campaign(spec), DAY, out=shop.root / "out")
+    stock = next(c for c in run_.summary["constraints"] if c["name"] == f"stock[{top}]")
+    assert stock["binding"] and stock["shadow_price"] > 0
+    assert stock["used"] <= 0.05 + 1e-9
+    plan = run_.plan
+    j = list(plan.inputs.offers.offer_id).index(top)
+    value = np.where(plan.problem.eligible, plan.problem.value, -np.inf)
+    wanted = np.flatnonzero((value.argmax(axis=1) == j) & (plan.slates != j).all(axis=1))
+    assert len(wanted)
+    cid = str(plan.inputs.customer_ids[wanted[0]])
+    result = explain(shop, parse_campaign(spec), cid, DAY)
+    item = next(e for e in result.offers if e.offer_id == top)
+    assert item.status == "not chosen"
+    assert [b.constraint for b in item.binding] == [f"stock[{top}]"]
+    assert item.binding[0].shadow_price == pytest.approx(stock["shadow_price"])
+    assert "priced out by the binding constraints" in item.reasons[0]
+    chosen = [e for e in result.offers if e.status == "chosen"]
+    assert chosen and all(e.parts["p_buy"] > 0 for e in chosen)
+
+
+def test_explanations_name_every_exclusion(shop: Workspace, daily) -> None:
+    ids = daily.plan.inputs.customer_ids
+    held = ids[daily.plan.inputs.holdout][0]
+    result = explain(shop, parse_campaign(CAMPAIGN), str(held), DAY)
+    assert result.held_out and all(e.status == "excluded" for e in result.offers)
+    assert "in the holdout of experiment daily" in result.offers[0].reasons
+    customers = shop.warehouse.table("customers").to_pandas()
+    no_consent = customers[customers.consent_email == False].customer_id.iloc[0]  # noqa: E712
+    result = explain(shop, parse_campaign(CAMPAIGN), str(no_consent), DAY)
+    assert any("no e-mail consent" in r for r in result.offers[0].reasons), result.offers[0]
+
+
+def test_objectives_and_rules_change_the_plan(shop: Workspace, daily) -> None:
+    spec = json.loads(json.dumps(CAMPAIGN))
+    spec["campaign"]["name"] = "north"
+    spec["campaign"]["eligibility"] = 'region == "north"'
+    spec["campaign"]["objective"] = "incremental_margin"
+    north = decide(shop, parse_campaign(spec), DAY, log_decisions=False)
+    regions = north.plan.inputs.features.iloc[:: len(north.plan.inputs.offers)].region.to_numpy()
+    contacted = (north.plan.slates >= 0).any(axis=1)
+    assert contacted.any() and (regions[contacted] == "north").all()
+    assert any("campaign.eligibility" in k and v > 0 for k, v in north.summary["excluded"].items())
+
+
+def test_contradictory_minimums_name_the_constraints(shop: Workspace) -> None:
+    spec = json.loads(json.dumps(CAMPAIGN))
+    spec["campaign"]["solver"] = "highs"
+    spec["campaign"]["minimums"] = [{"brand": "Maison 001", "count": 1_000_000}]
+    with pytest.raises(InfeasibleError, match="at least 1,000,000 slots for brand Maison 001"):
+        decide(shop, parse_campaign(spec), DAY, log_decisions=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[campaign]\nname = "x"\nslotz = 3\n', "unknown key 'campaign.slotz'"),
+        (
+            '[campaign]\nname = "x"\n[[campaign.shares]]\ntag = "new"\nmin = 1.5\n',
+            "'campaign.shares.0.min': Input should be less than or equal to 1 (got 1.5)",
+        ),
+        ('[campaign]\nname = "x"\nchannel = "fax"\n', "unknown channel 'fax'"),
+        (
+            '[campaign]\nname = "x"\neligibility = "__import__(1)"\n',
+            "campaign.eligibility: function '__import__' is not allowed",
+        ),
+        ('[campaign]\nname = "x"\nsend_time = "25:00"\n', "expected HH:MM"),
+        ("[campaign\n", "not valid TOML"),
+    ],
+)
+def test_bad_campaign_files_are_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "campaign.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_campaign(path)
+    assert message in str(info.value)
+
+
+def test_decide_and_explain_commands(shop: Workspace, daily, tmp_path: Path) -> None:
+    ws_copy = tmp_path / "ws"
+    shutil.copytree(shop.root, ws_copy)
+    (ws_copy / "campaign.toml").write_text(
+        '[campaign]\nname = "cli"\nslots = 2\n[campaign.experiment]\nname = "cli"\n'
+    )
+    done = run(
+        "decide", "--date", "2026-01-13", "--workspace", str(ws_copy), "--json", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["campaign"] == "cli" and summary["slots_filled"] > 0
+    slates = pd.read_csv(summary["files"]["slates"])
+    cid = slates.customer_id.iloc[0]
+    done = run("explain", cid, "--workspace", str(ws_copy), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert cid in done.stdout and "chosen" in done.stdout
+    bad = run("decide", "--date", "13/01/2026", "--workspace", str(ws_copy), cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "Error: --date: expected a date such as 2026-03-01, got '13/01/2026'" in bad.stderr
