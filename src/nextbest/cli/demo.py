@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import shutil
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from nextbest.cli.console import RichReporter, out, print_json, table
+from nextbest.cli.decide import print_decision_summary
 from nextbest.cli.insight import print_segments
 from nextbest.cli.main import JsonOpt, command, print_loads
 from nextbest.cli.models import print_train_report
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
+from nextbest.decide import CampaignFile, DecisionRun, decide, explain, load_campaign
 from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, rfm
 from nextbest.measure.funnels import FUNNELS, funnel
@@ -30,6 +33,30 @@ __all__ = ["demo", "simulate_cmd"]
 _MARKER = ".nextbest-demo"
 _DEMO_TRAIN_DAYS = 14
 _DEMO_HOLDOUT = 0.1  # a daily control group: what uplift models and measurement learn from
+_DEMO_CAMPAIGN = """# The demo's daily e-mail: see src/nextbest/decide/campaign.py for every key.
+[campaign]
+name = "daily-email"
+channel = "email"
+objective = "profit"
+slots = 3
+max_per_brand = 1
+
+[[campaign.shares]]
+tag = "new_designer"
+min = 0.15
+
+[campaign.exploration]
+share = 0.05
+method = "thompson"
+novelty_share = 0.5
+
+[campaign.experiment]
+name = "daily-email"
+holdout = 0.1
+
+[campaign.contact]
+suppress_after_ignores = 20   # members who ignored their last 20 e-mails rest for 14 days
+"""
 _DEMO_SEGMENTATION = """
 [segmentations.engagement]
 purpose = "match e-mail pressure to how members engage"
@@ -88,24 +115,24 @@ def demo(
     reporter = RichReporter(enabled=not as_json)
     sim_dir = directory / "simulated"
     if not as_json:
-        out.print(f"[bold]1/4[/] Simulating {customers:,} members over {days} days (seed {seed})")
+        out.print(f"[bold]1/5[/] Simulating {customers:,} members over {days} days (seed {seed})")
     sim_config = _sim_config(customers, days, seed, "random", "parquet", _DEMO_HOLDOUT)
     simulate(sim_config, sim_dir, reporter=reporter)
     if not as_json:
-        out.print(f"[bold]2/4[/] Creating the workspace {directory / 'workspace'}")
+        out.print(f"[bold]2/5[/] Creating the workspace {directory / 'workspace'}")
     ws = Workspace.init(directory / "workspace", name="demo")
     config = ws.root / "nextbest.toml"
     config.write_text(config.read_text() + _DEMO_SEGMENTATION, encoding="utf-8")
     ws = Workspace.open(ws.root)
     if not as_json:
-        out.print("[bold]3/4[/] Loading the simulated tables")
+        out.print("[bold]3/5[/] Loading the simulated tables")
     results = ingest(
         ws.warehouse, [sim_dir], ws.config.ingest, reports=ws.reports, reporter=reporter
     )
     kpis = headline_kpis(ws.warehouse)
     quarantined = ws.warehouse.count("quarantine")
     if not as_json:
-        out.print("[bold]4/4[/] Training the models")
+        out.print("[bold]4/5[/] Training the models")
     trained = train(
         ws.warehouse,
         ModelStore(ws.models),
@@ -114,9 +141,17 @@ def demo(
         TrainOptions(max_train_days=_DEMO_TRAIN_DAYS, uplift_window_days=1, random_state=seed),
         reporter=reporter,
     )
+    if not as_json:
+        out.print("[bold]5/5[/] Deciding tomorrow's e-mails for every member")
+    (ws.root / "campaign.toml").write_text(_DEMO_CAMPAIGN, encoding="utf-8")
+    spec = load_campaign(ws.root / "campaign.toml")
+    last = ws.warehouse.table("events").ts.max().execute().to_pydatetime()
+    tomorrow = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    decided = decide(ws, spec, tomorrow, random_state=seed, reporter=reporter)
     if as_json:
         print_json(
             {
+                "decisions": decided.summary,
                 "loads": [r.to_dict() for r in results],
                 "quarantined": quarantined,
                 "kpis": kpis.to_dict(),
@@ -134,6 +169,8 @@ def demo(
         print_kpis(kpis)
         _print_insight(ws)
         print_train_report(trained)
+        print_decision_summary(decided.summary)
+        _print_explanation(ws, spec, decided, tomorrow)
         out.print(f"\nWorkspace: {ws.root}   ground truth: {sim_dir / 'truth'}")
         out.print(f"Explore it: nextbest status --workspace {ws.root}")
         if serve:
@@ -142,6 +179,27 @@ def demo(
                 "(--no-serve skips this step.)"
             )
     ws.close()
+
+
+def _print_explanation(ws: Workspace, spec: CampaignFile, run: DecisionRun, day: datetime) -> None:
+    """Why the first member mailed got her e-mail: the same as 'nextbest explain'."""
+    slates = run.plan.slates
+    mailed = np.flatnonzero((slates >= 0).all(axis=1))
+    if not len(mailed):
+        return
+    cid = str(run.plan.inputs.customer_ids[mailed[0]])
+    result = explain(ws, spec, cid, day)
+    rows = [
+        [e.offer_id, e.brand, e.status, e.slot, f"{e.value:.4g}", "; ".join(e.reasons)[:60]]
+        for e in result.offers[:6]
+    ]
+    out.print(
+        table(
+            f"Why {cid} gets these offers (nextbest explain {cid})",
+            ["offer", "brand", "status", "slot", "value", "why not"],
+            rows,
+        )
+    )
 
 
 def _print_insight(ws: Workspace) -> None:

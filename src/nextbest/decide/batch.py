@@ -37,6 +37,7 @@ from nextbest.decide.exact import solve_exact
 from nextbest.decide.explore import explore
 from nextbest.decide.problem import Allocation, AllocationProblem, Coupling
 from nextbest.decide.rounding import round_allocation
+from nextbest.errors import InfeasibleError
 from nextbest.progress import NullReporter, Reporter
 
 __all__ = ["DayPlan", "build_problem", "plan_day"]
@@ -237,7 +238,28 @@ def _solve(spec: CampaignFile, problem: AllocationProblem, reporter: Reporter) -
     use_exact = c.solver == "highs" or (c.solver == "auto" and pairs <= c.exact_limit)
     if use_exact:
         return solve_exact(problem)
+    _check_minimums(problem)
     return DualipSolver().solve(problem, reporter=reporter)
+
+
+def _check_minimums(problem: AllocationProblem) -> None:
+    """A minimum count more slots than eligibility and slots allow is named before solving.
+
+    (HiGHS names conflicts itself; the dual solver would only see its prices grow.)
+    """
+    cap = problem.max_per_group or problem.shape[1]
+    for k in problem.couplings:
+        if k.kind != "min_count":
+            continue
+        wanted = k.weight < 0
+        per_customer = problem.eligible[:, wanted].sum(axis=1)
+        most = np.minimum(np.minimum(per_customer, problem.slots), cap).sum()
+        if most < -k.bound:
+            raise InfeasibleError(
+                f"the constraints cannot all hold: {k.label or k.name}, but eligibility, "
+                f"slots and one brand per slate allow at most {int(most):,}. Lower the "
+                "minimum or widen eligibility"
+            )
 
 
 def _slates(

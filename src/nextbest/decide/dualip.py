@@ -83,8 +83,9 @@ class DualipSolver:
     time_limit
         Seconds after which the best prices so far are used.
     sample
-        Above this many customers, prices are first found on a random sample of this many
-        (bounds scaled to its share), then refined on all customers from there.
+        From 8,000 customers on, prices are first found on a random sample of a quarter of
+        them, at most ``sample`` (bounds scaled to its share; the sample's own prices come
+        from a sample in turn), then refined on all customers from there. 0: never.
     continuation
         Solve first with ``10 x gamma`` (smoother, better conditioned), then with ``gamma``
         from those prices. Without it, single-``gamma`` runs stopped on kinks of the dual
@@ -212,7 +213,7 @@ class DualipSolver:
         self._scale = _row_scales(problem, self._w)
         self._b = problem.bounds / self._scale
         gammas = [self._gamma]
-        if warm_start is None and kk and n > self.sample:
+        if warm_start is None and kk and self.sample and n >= 8_000:
             # prices from a random sample of customers (bounds scaled to its size): near the
             # full problem's, so that few passes over all customers remain
             warm_start = self._sample_prices(problem, reporter)
@@ -261,8 +262,9 @@ class DualipSolver:
 
     def _sample_prices(self, problem: AllocationProblem, reporter: Reporter) -> np.ndarray:
         n = problem.shape[0]
-        rows = np.sort(np.random.default_rng(0).choice(n, self.sample, replace=False))
-        fraction = self.sample / n
+        size = min(self.sample, n // 4)
+        rows = np.sort(np.random.default_rng(0).choice(n, size, replace=False))
+        fraction = size / n
 
         def cut(arr: np.ndarray | None) -> np.ndarray | None:
             return arr if arr is None or arr.ndim == 1 else arr[rows]
