@@ -497,6 +497,7 @@ def summary(plan: DayPlan, spec: CampaignFile, day: datetime) -> dict[str, Any]:
         "contacted": int((plan.slates >= 0).any(axis=1).sum()),
         "slots_filled": filled,
         "expected_value": round(float(pb.value[rows, offer].astype(np.float64).sum()), 4),
+        "optimised_value": round(float(plan.allocation.info.get("objective", np.nan)), 4),
         "expected_purchases": round(float(units.sum()), 4),
         "solver": info,
         "explored_share": round(float(plan.explored.sum() / max(1, filled)), 4),
