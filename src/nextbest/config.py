@@ -46,6 +46,7 @@ __all__ = [
     "default_config_text",
     "find_workspace",
     "load_config",
+    "validation_message",
 ]
 
 CONFIG_FILE = "nextbest.toml"
@@ -138,15 +139,20 @@ def load_config(path: Path) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown key '{key}'")
-            else:
-                got = err.get("input")
-                problems.append(f"'{key}': {err['msg']} (got {got!r})")
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+        raise ConfigError(validation_message(str(path), exc)) from None
+
+
+def validation_message(where: str, exc: ValidationError) -> str:
+    """One line naming every bad key of a configuration: unknown, or what was wrong with it."""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"'{key}': {message} (got {err.get('input')!r})")
+    return f"{where}: " + "; ".join(problems)
 
 
 def find_workspace(explicit: Path | None) -> Path:

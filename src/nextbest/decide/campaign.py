@@ -62,6 +62,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nextbest.config import validation_message
 from nextbest.data.schema import CHANNELS
 from nextbest.decide.contact import ContactPolicy
 from nextbest.decide.rules import compile_rule
@@ -236,15 +237,7 @@ def parse_campaign(raw: dict[str, Any], where: str = "campaign") -> CampaignFile
     try:
         return CampaignFile.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown key '{key}'")
-            else:
-                msg = err["msg"].removeprefix("Value error, ")
-                problems.append(f"'{key}': {msg} (got {err.get('input')!r})")
-        raise ConfigError(f"{where}: " + "; ".join(problems)) from None
+        raise ConfigError(validation_message(where, exc)) from None
 
 
 def load_campaign(path: Path) -> CampaignFile:

@@ -138,23 +138,17 @@ class DualipSolver:
         unscaled = lam / self._scale
         return tuple(unscaled @ self._w[b] for b in ("count", "units", "cost"))  # type: ignore[return-value]
 
+    def _kernel_args(self, lam: np.ndarray) -> tuple[object, ...]:
+        """The problem's arrays and the prices at ``lam``, as the kernels take them."""
+        pc, pu, pk = self._prices(lam)
+        return (
+            self._value, self._eligible, self._units, self._u2d, self._cost, self._c2d,
+            self._slots, pc, pu, pk, self._gamma,
+        )  # fmt: skip
+
     def _evaluate(self, lam: np.ndarray) -> _Eval:
         self.evaluations += 1
-        pc, pu, pk = self._prices(lam)
-        use, (dual, primal, ridge, upper) = evaluate(
-            self._value,
-            self._eligible,
-            self._units,
-            self._u2d,
-            self._cost,
-            self._c2d,
-            self._slots,
-            pc,
-            pu,
-            pk,
-            self._gamma,
-            self._blocks,
-        )
+        use, (dual, primal, ridge, upper) = evaluate(*self._kernel_args(lam), self._blocks)  # type: ignore[call-arg]
         self._use = use
         ax = self._w["count"] @ use[0] + self._w["units"] @ use[1] + self._w["cost"] @ use[2]
         base = float(lam @ self._b)
@@ -162,24 +156,9 @@ class DualipSolver:
 
     def _allocation(self, lam: np.ndarray, chunk: int = 65_536) -> Allocation:
         n, _ = self.problem.shape
-        pc, pu, pk = self._prices(lam)
         parts = []
         for start in range(0, n, chunk):  # a loop over chunks of customers
-            x = project_rows(
-                self._value,
-                self._eligible,
-                self._units,
-                self._u2d,
-                self._cost,
-                self._c2d,
-                self._slots,
-                pc,
-                pu,
-                pk,
-                self._gamma,
-                start,
-                min(n, start + chunk),
-            )
+            x = project_rows(*self._kernel_args(lam), start, min(n, start + chunk))  # type: ignore[call-arg]
             c, o = np.nonzero(x > 1e-6)
             parts.append((c + start, o, x[c, o]))
         if not parts:

@@ -272,18 +272,21 @@ class _Book:
         )  # fmt: skip
 
 
+@nb.njit(cache=True, inline="always")
+def _base(b, c, o, units, u2d, cost, c2d):  # type: ignore[no-untyped-def]
+    """The basis ``b`` (0 count, 1 units, 2 cost) of assignment ``(c, o)``."""
+    if b == 0:
+        return 1.0
+    return units[c if u2d else 0, o] if b == 1 else cost[c if c2d else 0, o]
+
+
 @nb.njit(cache=True)
 def _usage(idx, cust, offer, kk, kptr, kidx, kbasis, kw, units, u2d, cost, c2d):  # type: ignore[no-untyped-def]
     used = np.zeros(kk)
     for j in idx:
         c, o = cust[j], offer[j]
         for t in range(kptr[o], kptr[o + 1]):
-            b = kbasis[t]
-            base = (
-                1.0
-                if b == 0
-                else (units[c if u2d else 0, o] if b == 1 else cost[c if c2d else 0, o])
-            )
+            base = _base(kbasis[t], c, o, units, u2d, cost, c2d)
             used[kidx[t]] += kw[t] * base
     return used
 
@@ -337,12 +340,7 @@ def _greedy(
             continue
         fits = True
         for t in range(kptr[o], kptr[o + 1]):
-            b = kbasis[t]
-            base = (
-                1.0
-                if b == 0
-                else (units[c if u2d else 0, o] if b == 1 else cost[c if c2d else 0, o])
-            )
+            base = _base(kbasis[t], c, o, units, u2d, cost, c2d)
             a = kw[t] * base
             i = kidx[t]
             if enforce[i] and a > 0 and used[i] + a > bounds[i] + 1e-9:
@@ -354,12 +352,7 @@ def _greedy(
         state[j] = 1
         taken[c] += 1
         for t in range(kptr[o], kptr[o + 1]):
-            b = kbasis[t]
-            base = (
-                1.0
-                if b == 0
-                else (units[c if u2d else 0, o] if b == 1 else cost[c if c2d else 0, o])
-            )
+            base = _base(kbasis[t], c, o, units, u2d, cost, c2d)
             used[kidx[t]] += kw[t] * base
 
 
