@@ -157,6 +157,7 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
     assert result["kpis"]["members"] == 800
     assert 0.1 < result["kpis"]["open_rate"] < 0.3
     assert "a time split needs at least 11 days" in result["skipped_models"]["propensity"]
+    assert result["decisions"] is None and "no propensity model" in result["skipped_decisions"]
     text = run(
         "demo", "--dir", "d", "--customers", "800", "--days", "6", "--no-serve", cwd=tmp_path
     )

@@ -147,11 +147,15 @@ def demo(
     spec = load_campaign(ws.root / "campaign.toml")
     last = ws.warehouse.table("events").ts.max().execute().to_pydatetime()
     tomorrow = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
-    decided = decide(ws, spec, tomorrow, random_state=seed, reporter=reporter)
+    decided = None
+    why_not = trained.skipped.get("propensity")
+    if why_not is None:
+        decided = decide(ws, spec, tomorrow, random_state=seed, reporter=reporter)
     if as_json:
         print_json(
             {
-                "decisions": decided.summary,
+                "decisions": decided.summary if decided else None,
+                "skipped_decisions": None if decided else f"no propensity model: {why_not}",
                 "loads": [r.to_dict() for r in results],
                 "quarantined": quarantined,
                 "kpis": kpis.to_dict(),
@@ -169,8 +173,11 @@ def demo(
         print_kpis(kpis)
         _print_insight(ws)
         print_train_report(trained)
-        print_decision_summary(decided.summary)
-        _print_explanation(ws, spec, decided, tomorrow)
+        if decided is not None:
+            print_decision_summary(decided.summary)
+            _print_explanation(ws, spec, decided, tomorrow)
+        else:
+            out.print(f"No decisions: the propensity model was skipped ({why_not})")
         out.print(f"\nWorkspace: {ws.root}   ground truth: {sim_dir / 'truth'}")
         out.print(f"Explore it: nextbest status --workspace {ws.root}")
         if serve:

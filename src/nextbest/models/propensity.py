@@ -1,6 +1,7 @@
 """Response propensity per customer and offer, trained on logged decisions with a time split.
 
-The days with logged decisions are split in time: the earliest train the trees, the next
+The days with logged decisions, up to the day of the last event (later ones have no outcome
+yet), are split in time: the earliest train the trees, the next
 ``calibration_days`` fit the calibrator, and the last ``holdout_days`` are kept for the
 metrics (AUC, log loss, Brier score, calibration error), which are therefore measured on days
 the model never saw, as it will be used. Features are those of
@@ -87,10 +88,16 @@ def train_propensity(
     held-out rows, their features and their predictions (``prediction``) in the result.
     """
     reporter = reporter or NullReporter()
+    # a day decided but not yet lived (tomorrow's e-mails, logged by 'nextbest decide') has no
+    # outcome to learn from: only days up to the last event count
+    last = warehouse.table("events").ts.max().execute()
+    lived = None if last is None else pd.Timestamp(last).floor("D").to_pydatetime()
     days = [
         d
         for d in decision_days(warehouse)
-        if (start is None or d >= start) and (end is None or d < end)
+        if (start is None or d >= start)
+        and (end is None or d < end)
+        and (lived is None or d <= lived)
     ]
     need = holdout_days + calibration_days + 1
     if holdout_days < 1 or calibration_days < 1 or len(days) < need:
