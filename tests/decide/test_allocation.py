@@ -121,7 +121,7 @@ def test_dual_solver_is_within_half_a_percent_of_highs(seed: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_dual_solver_is_within_half_a_percent_of_highs_on_40_offers(seed: int) -> None:
     _check_against_highs(6_000, 40, seed)
 
