@@ -61,11 +61,7 @@ class DayPlan:
 
     def prices(self) -> dict[str, list[float]]:
         """Per basis, the price per offer implied by the dual prices (value units)."""
-        duals = self.allocation.duals
-        w = self.problem.weights()
-        if duals is None:
-            duals = np.zeros(len(self.problem.couplings))
-        return {b: (duals @ w[b]).tolist() for b in ("count", "units", "cost")}
+        return {b: v.tolist() for b, v in self.problem.prices(self.allocation.duals).items()}
 
 
 def _levers(spec: CampaignFile, offers: pd.DataFrame) -> np.ndarray:
@@ -364,32 +360,29 @@ def plan_day(
 def score_parts_json(plan: DayPlan, rows: np.ndarray, cols: np.ndarray) -> list[str]:
     """The score parts of decisions, as JSON objects (for the decision log)."""
     p = plan.parts
-    prices = plan.prices()
-    out = []
-    for i, j, s in zip(rows, cols, range(len(rows)), strict=False):
-        o = plan.slates[i, j]
-        penalty = (
-            prices["count"][o]
-            + prices["units"][o] * float(p["p_buy"][i, o])
-            + prices["cost"][o] * float(p["cost"][i, o])
+    offer = plan.slates[rows, cols]
+    shadow = plan.problem.shadow_cost(plan.problem.prices(plan.allocation.duals), rows, offer)
+    return [
+        json.dumps(
+            {
+                "p_response": round(float(plan.inputs.p_response[i, o]), 6),
+                "p_buy": round(float(p["p_buy"][i, o]), 6),
+                "gross": round(float(p["gross"][i, o]), 6),
+                "cost": round(float(p["cost"][i, o]), 6),
+                "lever": round(float(p["lever"][i, o]), 4),
+                "value": round(float(plan.problem.value[i, o]), 6),
+                "shadow_cost": round(float(sc), 6),
+                "explored": bool(plan.explored[i, j]),
+                "novel": bool(plan.novel[i, j]),
+            }
         )
-        out.append(
-            json.dumps(
-                {
-                    "p_response": round(float(plan.inputs.p_response[i, o]), 6),
-                    "p_buy": round(float(p["p_buy"][i, o]), 6),
-                    "gross": round(float(p["gross"][i, o]), 6),
-                    "cost": round(float(p["cost"][i, o]), 6),
-                    "lever": round(float(p["lever"][i, o]), 4),
-                    "value": round(float(plan.problem.value[i, o]), 6),
-                    "shadow_cost": round(penalty, 6),
-                    "explored": bool(plan.explored[i, j]),
-                    "novel": bool(plan.novel[i, j]),
-                }
-            )
-        )
-        del s
-    return out
+        for i, j, o, sc in zip(rows, cols, offer, shadow, strict=True)
+    ]
+
+
+def decision_id(spec: CampaignFile, day: datetime, customer_id: str, slot: int) -> str:
+    """``campaign:YYYYMMDD:customer:slot`` (slot 0: a held-out customer's control row)."""
+    return f"{spec.campaign.name}:{day:%Y%m%d}:{customer_id}:{slot}"
 
 
 def decision_rows(plan: DayPlan, spec: CampaignFile, day: datetime) -> pd.DataFrame:
@@ -398,12 +391,13 @@ def decision_rows(plan: DayPlan, spec: CampaignFile, day: datetime) -> pd.DataFr
     ids = plan.inputs.customer_ids
     offers = plan.inputs.offers.offer_id.to_numpy()
     rows, cols = np.nonzero(plan.slates >= 0)
-    stamp = f"{c.name}:{day:%Y%m%d}"
     exp = c.experiment.name if c.experiment else None
     arm = "optimised" if c.experiment else None
     sent = pd.DataFrame(
         {
-            "decision_id": [f"{stamp}:{ids[i]}:{j + 1}" for i, j in zip(rows, cols, strict=True)],
+            "decision_id": [
+                decision_id(spec, day, ids[i], int(j) + 1) for i, j in zip(rows, cols, strict=True)
+            ],
             "ts": plan.inputs.send_ts,
             "customer_id": ids[rows],
             "offer_id": offers[plan.slates[rows, cols]],
@@ -420,7 +414,7 @@ def decision_rows(plan: DayPlan, spec: CampaignFile, day: datetime) -> pd.DataFr
     held = np.flatnonzero(plan.inputs.holdout)
     control = pd.DataFrame(
         {
-            "decision_id": [f"{stamp}:{ids[i]}:0" for i in held],
+            "decision_id": [decision_id(spec, day, ids[i], 0) for i in held],
             "ts": plan.inputs.send_ts,
             "customer_id": ids[held],
             "offer_id": None,
@@ -513,7 +507,12 @@ def summary(plan: DayPlan, spec: CampaignFile, day: datetime) -> dict[str, Any]:
 
 
 def write_outputs(
-    plan: DayPlan, spec: CampaignFile, day: datetime, root: Path, fmt: str = "csv"
+    plan: DayPlan,
+    spec: CampaignFile,
+    day: datetime,
+    root: Path,
+    report: dict[str, Any],
+    fmt: str = "csv",
 ) -> dict[str, Path]:
     """Slates for the e-mail service (CSV or Parquet) and the summary (JSON) under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -521,17 +520,17 @@ def write_outputs(
     rows, cols = np.nonzero(plan.slates >= 0)
     o = plan.slates[rows, cols]
     offers = plan.inputs.offers
+    ids = plan.inputs.customer_ids
     slates = pd.DataFrame(
         {
-            "customer_id": plan.inputs.customer_ids[rows],
+            "customer_id": ids[rows],
             "channel": spec.campaign.channel,
             "slot": cols + 1,
             "offer_id": offers.offer_id.to_numpy()[o],
             "name": offers.name.to_numpy()[o],
             "brand": offers.brand.to_numpy()[o],
             "decision_id": [
-                f"{spec.campaign.name}:{day:%Y%m%d}:{plan.inputs.customer_ids[i]}:{j + 1}"
-                for i, j in zip(rows, cols, strict=True)
+                decision_id(spec, day, ids[i], int(j) + 1) for i, j in zip(rows, cols, strict=True)
             ],
             "explored": plan.explored[rows, cols],
         }
@@ -544,7 +543,5 @@ def write_outputs(
         paths["slates"] = root / f"slates-{stem}.csv"
         slates.to_csv(paths["slates"], index=False)
     paths["summary"] = root / f"summary-{stem}.json"
-    paths["summary"].write_text(
-        json.dumps(summary(plan, spec, day), indent=2, default=str), encoding="utf-8"
-    )
+    paths["summary"].write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return paths

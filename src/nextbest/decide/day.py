@@ -39,6 +39,7 @@ from nextbest.models.store import ModelStore
 __all__ = ["DayInputs", "day_inputs", "holdout_mask", "send_time"]
 
 _PRIOR_CLICKS = 50.0
+_PER_OFFER = ("offer_", "aff_", "pop_")  # feature columns that differ between offers
 
 
 @dataclass
@@ -86,7 +87,8 @@ def _open_offers(warehouse: Warehouse, spec: CampaignFile, at: datetime) -> pd.D
         t.channels.isnull() | t.channels.contains(spec.campaign.channel),
     )
     offers = t.order_by("offer_id").to_pandas()
-    unknown = sorted(set(spec.offers) - set(warehouse.table("offers").offer_id.to_pandas()))
+    known = set(warehouse.table("offers").offer_id.to_pandas()) if spec.offers else set()
+    unknown = sorted(set(spec.offers) - known)
     if unknown:
         raise ConfigError(
             f"offers.{unknown[0]}: no such offer in the warehouse ({len(unknown)} unknown: "
@@ -228,7 +230,11 @@ def day_inputs(
             continue
         rule = compile_rule(text, where=where)
         ok = np.empty((n, m), dtype=bool)
+        per_offer = any(name.startswith(_PER_OFFER) for name in rule.names)
         for j in range(m)[cols]:  # a loop over the offers a rule covers
+            if not per_offer and j > (cols.start or 0):  # customer-level: the same for all
+                ok[:, j] = ok[:, cols.start or 0]
+                continue
             rows = feats.iloc[j::m]
             values = {col: rows[col].to_numpy() for col in rule.names if col in rows.columns}
             values.update({k: v for k, v in context.items() if k in rule.names})

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from nextbest.data.workspace import Workspace
-from nextbest.decide.batch import build_problem
+from nextbest.decide.batch import build_problem, decision_id
 from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.day import day_inputs
 from nextbest.errors import DataError
@@ -90,7 +90,7 @@ def explain(ws: Workspace, spec: CampaignFile, customer_id: str, day: datetime) 
             "loaded or changed since); run 'nextbest decide' again for that day"
         )
     dec = ws.warehouse.table("decisions")
-    prefix = f"{spec.campaign.name}:{day:%Y%m%d}:{customer_id}:"
+    prefix = decision_id(spec, day, customer_id, 0)[:-1]  # every slot of the day
     got = dec.filter(dec.decision_id.startswith(prefix)).to_pandas()
     slot_of = {r.offer_id: int(r.slot) for r in got.itertuples() if isinstance(r.offer_id, str)}
     logged = {
@@ -105,25 +105,20 @@ def explain(ws: Workspace, spec: CampaignFile, customer_id: str, day: datetime) 
     if inputs.contact.remaining(c.channel)[0] < 1 and not contact_reasons:
         contact_reasons = [f"no {c.channel} contact left under the contact policy"]
     impressions = inputs.contact.offer_allowed(offers)[0]
+    m = len(offers)
+    shadows = problem.shadow_cost(prices, np.zeros(m, dtype=np.int64), np.arange(m))
     result = []
     chosen_reduced = []
     rows = []
     for j, oid in enumerate(offers):  # a loop over the day's offers (tens)
         value = float(problem.value[0, j])
-        shadow = float(
-            prices["count"][j]
-            + prices["units"][j] * problem.units[0, j]  # type: ignore[index]
-            + prices["cost"][j] * problem.cost[0, j]  # type: ignore[index]
-        )
+        shadow = float(shadows[j])
         binding = []
         for k in problem.couplings:
             price = duals.get(k.name, 0.0)
             if price > 1e-9 and k.weight[j] != 0:
-                here = (
-                    price
-                    * k.weight[j]
-                    * float(problem.basis(k.basis)[0, j] if k.basis != "count" else 1.0)
-                )
+                basis = problem.basis_at(k.basis, np.array([0]), np.array([j]))
+                here = price * k.weight[j] * float(basis[0])
                 binding.append(Binding(k.name, k.label, price, round(here, 6)))
         reasons = []
         if not problem.eligible[0, j]:

@@ -70,11 +70,6 @@ class Allocation:
     def __len__(self) -> int:
         return len(self.customer)
 
-    def dense(self, n: int, m: int) -> np.ndarray:
-        x = np.zeros((n, m))
-        np.add.at(x, (self.customer, self.offer), self.share)
-        return x
-
 
 @dataclass
 class AllocationProblem:
@@ -172,6 +167,23 @@ class AllocationProblem:
             return np.ones(len(customer))
         arr = getattr(self, name)
         return (arr[offer] if arr.ndim == 1 else arr[customer, offer]).astype(np.float64)
+
+    def prices(self, duals: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Per basis, the price per offer of dual prices ``duals``: ``sum_k duals_k w_k[o]``."""
+        if duals is None:
+            duals = np.zeros(len(self.couplings))
+        w = self.weights()
+        return {b: duals @ w[b] for b in BASES}
+
+    def shadow_cost(
+        self, prices: dict[str, np.ndarray], customer: np.ndarray, offer: np.ndarray
+    ) -> np.ndarray:
+        """What the priced resources of assignments ``(customer[i], offer[i])`` cost."""
+        total = np.zeros(len(customer))
+        for b, price in prices.items():
+            if b == "count" or getattr(self, b) is not None:
+                total += np.asarray(price)[offer] * self.basis_at(b, customer, offer)
+        return total
 
     def weights(self) -> dict[str, np.ndarray]:
         """Per basis, the ``K x m`` weights of the couplings (zero rows for other bases)."""

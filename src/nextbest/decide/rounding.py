@@ -77,26 +77,6 @@ def _fillers(
     return np.concatenate(cs), np.concatenate(os), np.concatenate(rs)
 
 
-def _reduced(
-    problem: AllocationProblem, prices: dict[str, np.ndarray], cust: np.ndarray, offer: np.ndarray
-) -> np.ndarray:
-    """Value less the dual prices of the resources used, per assignment."""
-    r = problem.value[cust, offer].astype(np.float64)
-    for b, price in prices.items():
-        r -= price[offer] * problem.basis_at(b, cust, offer)
-    return r
-
-
-def _rank_within(keys: np.ndarray) -> np.ndarray:
-    """For rows sorted by ``keys``, each row's position among rows of the same key."""
-    if not len(keys):
-        return np.zeros(0, dtype=np.int64)
-    start = np.r_[True, keys[1:] != keys[:-1]]
-    idx = np.arange(len(keys))
-    first = np.maximum.accumulate(np.where(start, idx, 0))
-    return idx - first
-
-
 def _systematic(customer: np.ndarray, share: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Which entries systematic sampling keeps: each with probability exactly its share.
 

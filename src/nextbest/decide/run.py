@@ -129,7 +129,8 @@ def decide(
     if log_decisions:
         _check_log(ws, spec, day, rows)
     out = out or ws.root / "decisions"
-    paths = write_outputs(plan, spec, day, out, fmt)
+    report = summary(plan, spec, day)
+    paths = write_outputs(plan, spec, day, out, report, fmt)
     record = ws.root / "decisions" / paths["summary"].name
     if record.resolve() != paths["summary"].resolve():  # explanations read the workspace's copy
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -144,4 +145,4 @@ def decide(
         load = ingest(
             ws.warehouse, [path], ws.config.ingest, table="decisions", reports=ws.reports
         )[0]
-    return DecisionRun(plan, summary(plan, spec, day), paths, load)
+    return DecisionRun(plan, report, paths, load)
