@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_basket.py
 	$(BIN)/python bench/bench_models.py
 	$(BIN)/python bench/bench_decide.py
+	$(BIN)/python bench/bench_batch.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -7,6 +7,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+import ibis
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,9 @@ import pytest
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.decide import decide, explain, holdout_mask, load_campaign, parse_campaign
+from nextbest.decide.scoring import pair_scorer
 from nextbest.errors import ConfigError, InfeasibleError
+from nextbest.features.decision_features import offer_customer_features
 from nextbest.models import ModelStore, TrainOptions, train
 from nextbest.simulate import SimConfig, simulate
 from tests.cli.test_cli import run
@@ -161,7 +164,7 @@ def test_objectives_and_rules_change_the_plan(shop: Workspace, daily) -> None:
     spec["campaign"]["eligibility"] = 'region == "north"'
     spec["campaign"]["objective"] = "incremental_margin"
     north = decide(shop, parse_campaign(spec), DAY, log_decisions=False)
-    regions = north.plan.inputs.features.iloc[:: len(north.plan.inputs.offers)].region.to_numpy()
+    regions = north.plan.inputs.customers.region.to_numpy()
     contacted = (north.plan.slates >= 0).any(axis=1)
     assert contacted.any() and (regions[contacted] == "north").all()
     assert any("campaign.eligibility" in k and v > 0 for k, v in north.summary["excluded"].items())
@@ -222,3 +225,31 @@ def test_decide_and_explain_commands(shop: Workspace, daily, tmp_path: Path) -> 
     bad = run("decide", "--date", "13/01/2026", "--workspace", str(ws_copy), cwd=tmp_path)
     assert bad.returncode == 1
     assert "Error: --date: expected a date such as 2026-03-01, got '13/01/2026'" in bad.stderr
+
+
+def test_block_scoring_equals_the_features_training_sees(shop: Workspace, daily) -> None:
+    """Scoring from the pieces in memory gives what the warehouse join of every pair gives."""
+    inputs = daily.plan.inputs
+    model, _ = ModelStore(shop.models).load("propensity")
+    ids = inputs.customer_ids[::7]  # a sample of customers, all the day's offers
+    offers = inputs.offers
+    scorer = pair_scorer(shop.warehouse, ids, offers, DAY)
+    p = scorer.score(model)
+    pairs = pd.DataFrame(
+        {
+            "customer_id": np.repeat(ids, len(offers)),
+            "offer_id": np.tile(offers.offer_id.to_numpy(), len(ids)),
+            "slot": 1,
+        }
+    )
+    joined = offer_customer_features(shop.warehouse, ibis.memtable(pairs), DAY).to_pandas()
+    joined = joined.set_index(["customer_id", "offer_id"]).loc[
+        list(zip(pairs.customer_id, pairs.offer_id, strict=True))
+    ]
+    expected = model.predict_proba(joined.reset_index())[:, 1].reshape(len(ids), len(offers))
+    np.testing.assert_allclose(p, expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(inputs.p_response[::7], p, rtol=1e-9)
+    # the history columns were not all defaults: customers had seen some of the day's brands
+    seen = joined.aff_brand_shown.to_numpy().reshape(len(ids), len(offers)) > 0
+    assert seen.sum() > 100
+    assert (scorer.novel()[seen] == False).all()  # noqa: E712

@@ -8,7 +8,8 @@ so an explanation always tells what the batch did:
   the campaign file's per-offer settings (stock, budget, redemption cost, eligibility);
 - customers who joined before the send time;
 - scores: the latest propensity model on the point-in-time features of every customer x offer
-  pair (:func:`nextbest.features.offer_customer_features` as of 00:00 UTC of the day). A click
+  pair, as of 00:00 UTC of the day: the features :func:`nextbest.features.offer_customer_features`
+  gives training, put together and scored in blocks of customers (:mod:`.scoring`). A click
   model's probabilities are turned into purchase probabilities with the click-to-purchase rate
   logged so far (per category, shrunk to the overall rate with a prior of 50 clicks);
 - eligibility: consent, unsubscribes and the contact policy (:mod:`.contact`), the per-offer
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import ibis
 import numpy as np
@@ -32,9 +34,11 @@ from nextbest.data.warehouse import Warehouse
 from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.contact import ContactState, contact_state
 from nextbest.decide.rules import compile_rule
+from nextbest.decide.scoring import PairScorer, pair_scorer
 from nextbest.errors import ConfigError, DataError
-from nextbest.features.decision_features import RESPONSES, offer_customer_features
+from nextbest.features.decision_features import RESPONSES
 from nextbest.models.store import ModelStore
+from nextbest.progress import NullReporter, Reporter
 
 __all__ = ["DayInputs", "day_inputs", "holdout_mask", "send_time"]
 
@@ -56,7 +60,7 @@ class DayInputs:
     holdout: np.ndarray  # n bool
     novel: np.ndarray  # n x m: the brand was never shown to the customer
     contact: ContactState
-    features: pd.DataFrame  # the pairs' features, customer-major
+    customers: pd.DataFrame  # n rows: customer 360 and demographics, as the model saw them
     response: str = "click"
     model_version: str = ""
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> customers or pairs
@@ -155,6 +159,7 @@ def day_inputs(
     day: datetime,
     *,
     customer_ids: list[str] | None = None,
+    reporter: Reporter | None = None,
 ) -> DayInputs:
     """The decision inputs of ``spec`` on ``day`` (all customers, or those given)."""
     c = spec.campaign
@@ -180,25 +185,22 @@ def day_inputs(
         raise ConfigError(
             f"decisions need a propensity model ({exc}); run 'nextbest train propensity'"
         ) from None
-    pairs = ibis.memtable(
-        pd.DataFrame(
-            {
-                "customer_id": np.repeat(ids, m),
-                "offer_id": np.tile(offers.offer_id.to_numpy(), n),
-                "slot": np.ones(n * m, dtype=np.int64),
-            }
+    reporter = reporter or NullReporter()
+    reporter.start(None, "Reading customers, offers and histories")
+    scorer = pair_scorer(warehouse, ids, offers, as_of)
+    reporter.finish()
+    missing = [f for f in manifest.features if f not in scorer.known()]
+    if missing:
+        raise ConfigError(
+            f"the propensity model {manifest.name} needs features that decisions do not build "
+            f"({', '.join(missing[:5])}); retrain it with 'nextbest train propensity'"
         )
-    )
-    feats = offer_customer_features(warehouse, pairs, as_of).to_pandas()
-    feats = feats.sort_values(["customer_id", "offer_id"], kind="stable").reset_index(drop=True)
-    manifest.check_features(feats.columns)
-    p = model.predict_proba(feats[list(manifest.features)])[:, 1].reshape(n, m)
+    p = scorer.score(model, reporter)
     response = str(manifest.params.get("response", "click"))
-    weights = list(c.position_weights[: c.slots]) or _position_weights(
-        model, feats[list(manifest.features)], c.slots
-    )
+    weights = list(c.position_weights[: c.slots]) or _position_weights(model, scorer, c.slots)
     p_buy = p if response == "purchase" else p * _conversion(warehouse, offers, as_of)[None, :]
 
+    reporter.start(None, "Consent, contact policy and rules")
     state = contact_state(
         warehouse,
         as_of,
@@ -225,27 +227,26 @@ def day_inputs(
         for j, (r, o) in enumerate(zip(offers.rule, offers.offer_id, strict=True))
         if r
     ]
+    known = scorer.known()
     for text, cols, where in texts:
         if not text:
             continue
         rule = compile_rule(text, where=where)
-        ok = np.empty((n, m), dtype=bool)
         per_offer = any(name.startswith(_PER_OFFER) for name in rule.names)
+        full = np.ones((n, m), dtype=bool)
         for j in range(m)[cols]:  # a loop over the offers a rule covers
             if not per_offer and j > (cols.start or 0):  # customer-level: the same for all
-                ok[:, j] = ok[:, cols.start or 0]
+                full[:, j] = full[:, cols.start or 0]
                 continue
-            rows = feats.iloc[j::m]
-            values = {col: rows[col].to_numpy() for col in rule.names if col in rows.columns}
+            values: dict[str, Any] = {
+                col: scorer.column(col, j) for col in rule.names if col in known
+            }
             values.update({k: v for k, v in context.items() if k in rule.names})
-            ok[:, j] = rule.evaluate(values, n)
-        full = np.ones((n, m), dtype=bool)
-        full[:, cols] = ok[:, cols]
+            full[:, j] = rule.evaluate(values, n)
         masks[text] = full
         excluded[f"pairs excluded by {where}: {text}"] = int((eligible & ~full).sum())
         eligible &= full
-    shown = feats["aff_brand_shown"].to_numpy().reshape(n, m)
-    touched = feats["aff_brand"].to_numpy().reshape(n, m)
+    reporter.finish()
     slots = np.where(holdout, 0, c.slots).astype(np.int64)
     return DayInputs(
         send_ts=at,
@@ -256,9 +257,9 @@ def day_inputs(
         eligible=eligible,
         slots=slots,
         holdout=holdout,
-        novel=(shown == 0) & (touched == 0),
+        novel=scorer.novel(),
         contact=state,
-        features=feats,
+        customers=scorer.customers,
         response=response,
         model_version=manifest.name,
         excluded=excluded,
@@ -267,15 +268,17 @@ def day_inputs(
     )
 
 
-def _position_weights(model: object, X: pd.DataFrame, slots: int) -> list[float]:
+def _position_weights(model: Any, scorer: PairScorer, slots: int) -> list[float]:
     """The model's response in slot j relative to slot 1, on a sample of the day's pairs."""
-    if "slot" not in X.columns:
+    if "slot" not in model.features_:
         return [1.0] * slots
-    sample = X.sample(n=min(len(X), 5_000), random_state=0)
+    X = scorer.sample(model, 5_000)
+    col = list(model.features_).index("slot")
     base = None
     out = []
     for j in range(1, slots + 1):  # a loop over slots
-        p = float(model.predict_proba(sample.assign(slot=j))[:, 1].mean())  # type: ignore[attr-defined]
+        X[:, col] = j
+        p = float(model.predict_proba_matrix(X)[:, 1].mean())
         base = base or max(p, 1e-12)
         out.append(p / base)
     return out

@@ -61,8 +61,7 @@ def _effect(store: ModelStore, inputs: Any) -> np.ndarray:
             f"objective incremental_margin needs an uplift model ({exc}); run "
             "'nextbest train uplift'"
         ) from None
-    m = len(inputs.offers)
-    per_customer = inputs.features.iloc[::m].reset_index(drop=True)
+    per_customer = inputs.customers
     manifest.check_features(per_customer.columns)
     effect = model.predict_effect(per_customer[list(manifest.features)])
     return np.asarray(effect)[:, 0] if np.ndim(effect) == 2 else np.asarray(effect)
@@ -105,9 +104,7 @@ def decide(
     reporter = reporter or NullReporter()
     day = datetime(day.year, day.month, day.day, tzinfo=UTC)
     store = ModelStore(ws.models)
-    reporter.start(None, "Scoring customers x offers")
-    inputs = day_inputs(ws.warehouse, store, spec, day)
-    reporter.finish()
+    inputs = day_inputs(ws.warehouse, store, spec, day, reporter=reporter)
     c = spec.campaign
     posterior = None
     if c.exploration.share > 0 and c.exploration.method == "thompson":

@@ -25,6 +25,7 @@ rows asked for and not with the history behind them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import ibis
@@ -39,10 +40,13 @@ from nextbest.progress import NullReporter, Reporter
 __all__ = [
     "AFFINITY_WEIGHTS",
     "CATEGORICAL",
+    "LEVELS",
     "RESPONSES",
+    "PairParts",
     "decision_days",
     "decision_features",
     "offer_customer_features",
+    "pair_parts",
 ]
 
 RESPONSES: dict[str, tuple[str, ...]] = {
@@ -122,14 +126,30 @@ def _exposure(warehouse: Warehouse, as_of: datetime, level: str) -> tuple[ir.Tab
     return per_customer, popular
 
 
-def offer_customer_features(warehouse: Warehouse, pairs: ir.Table, as_of: datetime) -> ir.Table:
-    """Add customer 360, demographics, offer features and affinities to ``pairs``.
+@dataclass(frozen=True)
+class PairParts:
+    """The pieces a customer x offer row is joined from, as Ibis tables as of one date.
 
-    ``pairs`` has at least ``customer_id`` and ``offer_id`` (and may carry ``slot`` and other
-    columns, kept as they are); features are as of ``as_of``.
+    ``customers``: one row per customer (customer 360 and demographics); ``offers``: one row
+    per offer (the ``offer_*`` columns); per level (``brand``, ``category``): ``affinity`` and
+    ``exposure`` per customer and level value, ``popular`` per level value. A row's features
+    are the join of its customer, its offer and the level values of that offer; scoring many
+    pairs joins the pieces in memory instead (``nextbest.decide.day``), with the same columns.
     """
+
+    customers: ir.Table
+    offers: ir.Table
+    affinity: dict[str, ir.Table]
+    exposure: dict[str, ir.Table]
+    popular: dict[str, ir.Table]
+
+
+LEVELS = ("brand", "category")
+
+
+def pair_parts(warehouse: Warehouse, as_of: datetime) -> PairParts:
+    """The pieces of :func:`offer_customer_features` as of ``as_of``."""
     cut = _ts(as_of)
-    features = customer_features(warehouse, as_of)
     customers = warehouse.table("customers")
     demo = customers.select(
         "customer_id",
@@ -138,6 +158,10 @@ def offer_customer_features(warehouse: Warehouse, pairs: ir.Table, as_of: dateti
         "acquisition_channel",
         age=ibis.literal(as_of.year) - customers.birth_year,
     )
+    features = customer_features(warehouse, as_of)
+    # every customer (one who joins later in the day has demographics and no history yet)
+    per_customer = demo.left_join(features, "customer_id").drop("customer_id_right")
+    per_customer = per_customer.select(*features.columns, *demo.columns[1:])
     offers = warehouse.table("offers")
     offer_cols = offers.select(
         "offer_id",
@@ -150,18 +174,37 @@ def offer_customer_features(warehouse: Warehouse, pairs: ir.Table, as_of: dateti
         offer_age_days=(cut.epoch_seconds() - offers.start_ts.epoch_seconds()) / 86_400.0,
         offer_new_designer=offers.tags.fill_null("").contains("new_designer").cast("int8"),
     )
-    out = pairs.left_join(features, "customer_id").drop("customer_id_right")
-    out = out.left_join(demo, "customer_id").drop("customer_id_right")
-    out = out.left_join(offer_cols, "offer_id").drop("offer_id_right")
-    for level in ("brand", "category"):
-        aff = _affinity(warehouse, as_of, level)
+    exposure, popular = {}, {}
+    for level in LEVELS:
+        exposure[level], popular[level] = _exposure(warehouse, as_of, level)
+    return PairParts(
+        customers=per_customer,
+        offers=offer_cols,
+        affinity={level: _affinity(warehouse, as_of, level) for level in LEVELS},
+        exposure=exposure,
+        popular=popular,
+    )
+
+
+def offer_customer_features(warehouse: Warehouse, pairs: ir.Table, as_of: datetime) -> ir.Table:
+    """Add customer 360, demographics, offer features and affinities to ``pairs``.
+
+    ``pairs`` has at least ``customer_id`` and ``offer_id`` (and may carry ``slot`` and other
+    columns, kept as they are); features are as of ``as_of``. Counts of interactions and
+    showings are 0 where there were none; rates (``*_ctr``) stay missing.
+    """
+    parts = pair_parts(warehouse, as_of)
+    out = pairs.left_join(parts.customers, "customer_id").drop("customer_id_right")
+    out = out.left_join(parts.offers, "offer_id").drop("offer_id_right")
+    for level in LEVELS:
+        aff = parts.affinity[level]
         key = f"offer_{level}"
         out = out.left_join(
             aff, (out.customer_id == aff.customer_id) & (out[key] == aff[level])
         ).drop("customer_id_right", level)
         names = [c for c in aff.columns if c.startswith("aff_")]
         out = out.mutate(**{c: out[c].fill_null(0) for c in names})
-        per_customer, popular = _exposure(warehouse, as_of, level)
+        per_customer, popular = parts.exposure[level], parts.popular[level]
         out = out.left_join(
             per_customer,
             (out.customer_id == per_customer.customer_id) & (out[key] == per_customer[level]),

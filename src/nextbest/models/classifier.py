@@ -175,8 +175,8 @@ class CalibratedBoostedClassifier:
         out = {}
         for c, kind in self.features_.items():
             if kind == "categorical":
-                values = X[c].astype("string").astype(object)
-                out[c] = pd.Categorical(values, categories=self.categories_[c])
+                categories = self.categories_[c]
+                out[c] = pd.Categorical.from_codes(_codes(X[c], categories), categories)
             else:
                 out[c] = X[c].to_numpy(dtype=np.float32, na_value=np.nan)
         return pd.DataFrame(out, index=X.index)
@@ -184,10 +184,36 @@ class CalibratedBoostedClassifier:
     def _raw(self, X: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.booster_.predict_proba(self._frame(X)))[:, 1]
 
+    def encode(self, column: str, values: Any) -> np.ndarray:
+        """One feature's values as the float32 the trees read: a category's code, else the number.
+
+        Categories are coded by their place among those seen in training; unseen and missing
+        ones are NaN, as in :meth:`predict_proba`. With :meth:`predict_proba_matrix`, this
+        scores millions of rows without building a frame of them.
+        """
+        self._check_fitted()
+        if self.features_.get(column) == "categorical":
+            codes = _codes(values, self.categories_[column])
+            return np.where(codes < 0, np.nan, codes).astype(np.float32)
+        return pd.Series(values).to_numpy(dtype=np.float32, na_value=np.nan)
+
+    def predict_proba_matrix(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`predict_proba` on rows already coded by :meth:`encode`, columns in the order
+        of ``features_``."""
+        self._check_fitted()
+        if X.ndim != 2 or X.shape[1] != len(self.features_):
+            raise DataError(
+                f"expected a matrix of {len(self.features_)} feature columns, got shape {X.shape}"
+            )
+        booster = self.booster_.booster_
+        return self._calibrated(np.asarray(booster.predict(X, num_threads=self.n_jobs or 0)))
+
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probabilities, shape ``(n, 2)`` as in scikit-learn (column 1: positive)."""
         self._check_fitted()
-        raw = self._raw(X)
+        return self._calibrated(self._raw(X))
+
+    def _calibrated(self, raw: np.ndarray) -> np.ndarray:
         if self.calibrator_ is None:
             p = raw
         elif isinstance(self.calibrator_, IsotonicRegression):
@@ -203,6 +229,12 @@ class CalibratedBoostedClassifier:
         gain = self.booster_.booster_.feature_importance(importance_type="gain")
         series = pd.Series(gain / max(gain.sum(), 1e-12), index=list(self.features_))
         return series.sort_values(ascending=False)
+
+
+def _codes(values: Any, categories: list[str]) -> np.ndarray:
+    """Each value's place among ``categories`` (as text), -1 when unseen or missing."""
+    text = pd.Series(values).astype("string").astype(object)
+    return np.asarray(pd.Index(categories).get_indexer(text.where(text.notna(), None)))
 
 
 def _is_categorical(column: pd.Series) -> bool:

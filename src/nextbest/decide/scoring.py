@@ -1,0 +1,209 @@
+"""Every customer x offer pair of a day, scored in blocks of customers.
+
+The features of a pair are the join of its customer's row, its offer's row and the customer's
+history with the offer's brand and category (:class:`nextbest.features.PairParts`). Training
+joins them in the warehouse, one row per logged decision. A day's batch would need n x m rows
+(40 million for 1M customers and 40 offers, 60 columns each): too many for one frame. So the
+pieces are read once (n customers, m offers, and the sparse history rows of today's brands and
+categories), coded once into the float32 the trees read, and the pairs are put together a
+block of customers at a time and scored; only the probabilities and a few masks are kept.
+
+A test checks that this gives the same probabilities as the warehouse join
+(:func:`nextbest.features.offer_customer_features`) that training uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from nextbest.data.warehouse import Warehouse
+from nextbest.errors import DataError
+from nextbest.features.decision_features import LEVELS, pair_parts
+from nextbest.progress import NullReporter, Reporter
+
+__all__ = ["PairScorer", "pair_scorer"]
+
+_BLOCK_ROWS = 1_000_000  # pairs scored at once (60 float32 columns: 240 MB)
+
+
+@dataclass
+class _History:
+    """The sparse pair columns of one level: rows (customer index, offer index) and values."""
+
+    customer: np.ndarray  # sorted
+    offer: np.ndarray
+    values: pd.DataFrame  # aff_<level>_* columns
+
+
+@dataclass
+class PairScorer:
+    """The pieces of a day's pairs in memory, ready to be scored or read column by column.
+
+    ``customers`` and ``offers`` are in the order of the matrices (rows and columns);
+    missing counts are 0 and missing rates NaN, as in the warehouse join.
+    """
+
+    customers: pd.DataFrame  # n rows: customer 360 and demographics
+    offers: pd.DataFrame  # m rows: offer_* and pop_* columns
+    history: dict[str, _History]  # level -> sparse pair columns
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.customers), len(self.offers)
+
+    def _defaults(self) -> dict[str, float]:
+        return {
+            col: (np.nan if col.endswith("_ctr") else 0.0)
+            for h in self.history.values()
+            for col in h.values.columns
+        }
+
+    def known(self) -> set[str]:
+        """Every feature a day's pairs have."""
+        history = {c for h in self.history.values() for c in h.values.columns}
+        return {"slot", *self.customers.columns, *self.offers.columns, *history}
+
+    def column(self, name: str, offer: int) -> np.ndarray:
+        """One feature of every customer's pair with one offer, as in the warehouse join."""
+        n = len(self.customers)
+        if name in self.customers.columns:
+            return self.customers[name].to_numpy()
+        if name in self.offers.columns:
+            return np.repeat(self.offers[name].to_numpy()[offer : offer + 1], n)
+        for h in self.history.values():
+            if name in h.values.columns:
+                out = np.full(n, self._defaults()[name])
+                hit = h.offer == offer
+                out[h.customer[hit]] = h.values[name].to_numpy()[hit]
+                return out
+        if name == "slot":
+            return np.ones(n)
+        raise DataError(f"no feature named {name!r} in a day's pairs")
+
+    def novel(self) -> np.ndarray:
+        """n x m: the customer never interacted with the offer's brand nor was shown it."""
+        out = np.ones(self.shape, dtype=bool)
+        h = self.history["brand"]
+        seen = (h.values["aff_brand"].to_numpy() > 0) | (h.values["aff_brand_shown"] > 0)
+        out[h.customer[seen], h.offer[seen]] = False
+        return out
+
+    def coded(self, model: Any) -> dict[str, np.ndarray]:
+        """Every piece's columns coded once for ``model`` (customers, offers, history rows)."""
+        out: dict[str, np.ndarray] = {}
+        for name in model.features_:
+            for frame in (self.customers, self.offers):
+                if name in frame.columns:
+                    out[name] = model.encode(name, frame[name])
+            for h in self.history.values():
+                if name in h.values.columns:
+                    out[name] = model.encode(name, h.values[name])
+        return out
+
+    def matrix(self, model: Any, rows: np.ndarray, coded: dict[str, np.ndarray]) -> np.ndarray:
+        """The coded features of the pairs of customers ``rows`` (sorted), customer-major."""
+        m = len(self.offers)
+        k = len(rows)
+        names = list(model.features_)
+        X = np.empty((k * m, len(names)), dtype=np.float32)
+        defaults = self._defaults()
+        for f, name in enumerate(names):
+            if name == "slot":
+                X[:, f] = 1.0
+            elif name in self.customers.columns:
+                X[:, f] = np.repeat(coded[name][rows], m)
+            elif name in self.offers.columns:
+                X[:, f] = np.tile(coded[name], k)
+            elif name in defaults:
+                X[:, f] = defaults[name]
+            else:
+                raise DataError(
+                    f"the propensity model needs feature {name!r}, which decisions do not "
+                    "build: retrain it on the current features"
+                )
+        where = {name: f for f, name in enumerate(names)}
+        for h in self.history.values():
+            lo, hi = np.searchsorted(h.customer, [rows[0], rows[-1] + 1]) if k else (0, 0)
+            at = np.searchsorted(rows, h.customer[lo:hi])
+            ok = rows[np.minimum(at, k - 1)] == h.customer[lo:hi]
+            pair = at[ok] * m + h.offer[lo:hi][ok]
+            for col in h.values.columns:
+                if col in where:
+                    X[pair, where[col]] = coded[col][lo:hi][ok]
+        return X
+
+    def score(self, model: Any, reporter: Reporter | None = None) -> np.ndarray:
+        """n x m: the model's probability for every pair, at slot 1."""
+        reporter = reporter or NullReporter()
+        n, m = self.shape
+        coded = self.coded(model)
+        p = np.empty((n, m))
+        step = max(1, _BLOCK_ROWS // max(m, 1))
+        reporter.start(n, "Scoring customers x offers")
+        for a in range(0, n, step):
+            rows = np.arange(a, min(n, a + step))
+            X = self.matrix(model, rows, coded)
+            p[rows] = model.predict_proba_matrix(X)[:, 1].reshape(-1, m)
+            reporter.advance(len(rows))
+        reporter.finish()
+        return p
+
+    def sample(self, model: Any, size: int, seed: int = 0) -> np.ndarray:
+        """About ``size`` coded pair rows of customers drawn at random (position weights)."""
+        n, m = self.shape
+        k = min(n, max(1, size // max(m, 1)))
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+        return self.matrix(model, rows, self.coded(model))
+
+
+def pair_scorer(
+    warehouse: Warehouse, customer_ids: np.ndarray, offers: pd.DataFrame, as_of: datetime
+) -> PairScorer:
+    """Read the pieces of the pairs ``customer_ids`` x ``offers.offer_id`` as of ``as_of``."""
+    parts = pair_parts(warehouse, as_of)
+    ids = pd.Index(customer_ids)
+    keys = ibis.memtable(pd.DataFrame({"customer_id": np.asarray(customer_ids, dtype=object)}))
+    frame = parts.customers.semi_join(keys, "customer_id").to_pandas()
+    if len(frame) != len(ids):
+        missing = sorted(set(customer_ids) - set(frame.customer_id))
+        raise DataError(f"customer {missing[0]} has no row in the customers table")
+    customers = frame.iloc[np.argsort(ids.get_indexer(frame.customer_id))].reset_index(drop=True)
+    offer_ids = list(offers.offer_id)
+    got = parts.offers.filter(parts.offers.offer_id.isin(offer_ids)).to_pandas()
+    got = got.set_index("offer_id").loc[offer_ids].reset_index()
+    history: dict[str, _History] = {}
+    for level in LEVELS:
+        got = got.merge(
+            parts.popular[level].to_pandas(), how="left", left_on=f"offer_{level}", right_on=level
+        ).drop(columns=level)
+        values = got[f"offer_{level}"].dropna().unique().tolist()
+        aff, exp = parts.affinity[level], parts.exposure[level]
+        aff = aff.filter(aff[level].isin(values)).semi_join(keys, "customer_id")
+        exp = exp.filter(exp[level].isin(values)).semi_join(keys, "customer_id")
+        both = aff.outer_join(
+            exp, (aff.customer_id == exp.customer_id) & (aff[level] == exp[level])
+        )
+        cols = [c for c in (*aff.columns, *exp.columns) if c.startswith("aff_")]
+        rows = both.select(
+            customer_id=both.customer_id.fill_null(both.customer_id_right),
+            value=both[level].fill_null(both[f"{level}_right"]),
+            **{c: both[c] for c in cols},
+        ).to_pandas()
+        per_offer = pd.DataFrame({"value": got[f"offer_{level}"], "offer": np.arange(len(got))})
+        rows = rows.merge(per_offer, on="value").drop(columns="value")
+        rows["customer"] = ids.get_indexer(rows.pop("customer_id"))
+        rows = rows.sort_values(["customer", "offer"], kind="stable").reset_index(drop=True)
+        counts = [c for c in cols if not c.endswith("_ctr")]
+        rows[counts] = rows[counts].fillna(0)
+        history[level] = _History(
+            customer=rows.customer.to_numpy(np.int64),
+            offer=rows.offer.to_numpy(np.int64),
+            values=rows[cols],
+        )
+    return PairScorer(customers=customers, offers=got, history=history)
