@@ -77,10 +77,17 @@ def test_decisions_keep_every_promise(shop: Workspace, daily) -> None:
     assert (before >= 6).sum() > 0  # the cap did exclude someone
     # the holdout: hashed, stable, never mailed, logged as control rows
     ids = plan.inputs.customer_ids
-    held = set(ids[holdout_mask(ids, "daily", "s1", 0.1)])
+    hashed = holdout_mask(ids, "daily", "s1", 0.1)
+    assert abs(hashed.mean() - 0.1) < 0.02
+    assert (plan.inputs.arm == np.where(hashed, "holdout", "optimised")).all()
+    # a control row for each held-out customer the campaign could have written to, as the
+    # treated could be: the two arms compare like with like
+    reachable = plan.inputs.eligible.any(axis=1)
+    held = set(ids[hashed & reachable])
     control = log[log.offer_id.isnull()]
-    assert set(control.customer_id) == held and not held & set(sent.customer_id)
-    assert abs(len(held) / len(ids) - 0.1) < 0.02
+    assert set(control.customer_id) == held and not set(ids[hashed]) & set(sent.customer_id)
+    assert (control.arm == "holdout").all() and (sent.arm == "optimised").all()
+    assert len(held) < hashed.sum()  # some held-out customers were not reachable anyway
     # slates: at most 3, one offer per brand, slots numbered from 1
     brands = plan.inputs.offers.set_index("offer_id").brand
     per = sent.assign(brand=brands.reindex(sent.offer_id).to_numpy()).groupby("customer_id")
@@ -248,7 +255,12 @@ def test_block_scoring_equals_the_features_training_sees(shop: Workspace, daily)
     ]
     expected = model.predict_proba(joined.reset_index())[:, 1].reshape(len(ids), len(offers))
     np.testing.assert_allclose(p, expected, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(inputs.p_response[::7], p, rtol=1e-9)
+    # the batch scored the customers it could write to, and only those
+    scored = inputs.eligible.any(axis=1) & ~inputs.holdout
+    sample = scored[::7]
+    assert sample.sum() > 20 and not sample.all()
+    np.testing.assert_allclose(inputs.p_response[::7][sample], p[sample], rtol=1e-9)
+    assert (inputs.p_response[~scored] == 0).all()
     # the history columns were not all defaults: customers had seen some of the day's brands
     seen = joined.aff_brand_shown.to_numpy().reshape(len(ids), len(offers)) > 0
     assert seen.sum() > 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nextbest.decide.assign import assign
 from nextbest.decide.batch import DayPlan, build_problem, plan_day
 from nextbest.decide.campaign import (
     OBJECTIVES,
@@ -37,6 +38,7 @@ __all__ = [
     "Explanation",
     "Exploration",
     "Rule",
+    "assign",
     "build_problem",
     "compile_rule",
     "contact_state",

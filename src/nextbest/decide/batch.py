@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.day import DayInputs
@@ -316,8 +319,11 @@ def plan_day(
     """Solve, round, order and explore one day's decisions."""
     reporter = reporter or NullReporter()
     c = spec.campaign
+    reporter.start(None, "Values and constraints")
     problem, parts = build_problem(spec, inputs, effect=effect, order_value=order_value)
+    reporter.finish()
     fractional = _solve(spec, problem, reporter)
+    reporter.start(None, "Rounding to whole decisions, ordering slates, exploring")
     whole = round_allocation(problem, fractional, random_state=random_state)
     exploit = _slates(problem, whole, c.slots, parts)
     rng = np.random.default_rng([random_state, 17])
@@ -344,6 +350,7 @@ def plan_day(
         propensity = np.where(slates >= 0, 1.0, 0.0)
         rows = np.arange(len(slates))[:, None]
         novel = np.where(slates >= 0, inputs.novel[rows, np.maximum(slates, 0)], False)
+    reporter.finish()
     return DayPlan(
         inputs=inputs,
         problem=problem,
@@ -357,27 +364,39 @@ def plan_day(
     )
 
 
-def score_parts_json(plan: DayPlan, rows: np.ndarray, cols: np.ndarray) -> list[str]:
+def _text(*parts: Any) -> np.ndarray:
+    """Element-wise concatenation of text pieces (arrays or constants), vectorised by Arrow."""
+    return np.asarray(
+        pc.binary_join_element_wise(*(p if isinstance(p, str) else pa.array(p) for p in parts), "")
+    ).astype(object)
+
+
+def _json_number(values: np.ndarray, digits: int) -> pa.Array:
+    rounded = pa.array(np.round(np.asarray(values, dtype=np.float64), digits))
+    return pc.if_else(pc.is_finite(rounded), pc.cast(rounded, pa.string()), "null")
+
+
+def score_parts_json(plan: DayPlan, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The score parts of decisions, as JSON objects (for the decision log)."""
     p = plan.parts
     offer = plan.slates[rows, cols]
     shadow = plan.problem.shadow_cost(plan.problem.prices(plan.allocation.duals), rows, offer)
-    return [
-        json.dumps(
-            {
-                "p_response": round(float(plan.inputs.p_response[i, o]), 6),
-                "p_buy": round(float(p["p_buy"][i, o]), 6),
-                "gross": round(float(p["gross"][i, o]), 6),
-                "cost": round(float(p["cost"][i, o]), 6),
-                "lever": round(float(p["lever"][i, o]), 4),
-                "value": round(float(plan.problem.value[i, o]), 6),
-                "shadow_cost": round(float(sc), 6),
-                "explored": bool(plan.explored[i, j]),
-                "novel": bool(plan.novel[i, j]),
-            }
-        )
-        for i, j, o, sc in zip(rows, cols, offer, shadow, strict=True)
-    ]
+    numbers = {
+        "p_response": (plan.inputs.p_response[rows, offer], 6),
+        "p_buy": (p["p_buy"][rows, offer], 6),
+        "gross": (p["gross"][rows, offer], 6),
+        "cost": (p["cost"][rows, offer], 6),
+        "lever": (p["lever"][rows, offer], 4),
+        "value": (plan.problem.value[rows, offer], 6),
+        "shadow_cost": (shadow, 6),
+    }
+    flags = {"explored": plan.explored[rows, cols], "novel": plan.novel[rows, cols]}
+    pieces: list[Any] = []
+    for key, (values, digits) in numbers.items():
+        pieces += [f', "{key}": ' if pieces else f'{{"{key}": ', _json_number(values, digits)]
+    for key, on in flags.items():
+        pieces += [f', "{key}": ', np.where(on, "true", "false")]
+    return _text(*pieces, "}")
 
 
 def decision_id(spec: CampaignFile, day: datetime, customer_id: str, slot: int) -> str:
@@ -385,19 +404,24 @@ def decision_id(spec: CampaignFile, day: datetime, customer_id: str, slot: int) 
     return f"{spec.campaign.name}:{day:%Y%m%d}:{customer_id}:{slot}"
 
 
+def decision_ids(spec: CampaignFile, day: datetime, customers: Any, slots: Any) -> np.ndarray:
+    """:func:`decision_id` of many decisions at once."""
+    prefix = f"{spec.campaign.name}:{day:%Y%m%d}:"
+    text = np.asarray(slots).astype(str)
+    return _text(prefix, np.asarray(customers, dtype=object).astype(str), ":", text)
+
+
 def decision_rows(plan: DayPlan, spec: CampaignFile, day: datetime) -> pd.DataFrame:
-    """The decisions table rows of a plan: one per filled slot, one per held-out customer."""
+    """The decisions table rows of a plan: one per filled slot, one per held-out customer who
+    was reachable (a control row, no offer)."""
     c = spec.campaign
     ids = plan.inputs.customer_ids
     offers = plan.inputs.offers.offer_id.to_numpy()
     rows, cols = np.nonzero(plan.slates >= 0)
     exp = c.experiment.name if c.experiment else None
-    arm = "optimised" if c.experiment else None
     sent = pd.DataFrame(
         {
-            "decision_id": [
-                decision_id(spec, day, ids[i], int(j) + 1) for i, j in zip(rows, cols, strict=True)
-            ],
+            "decision_id": decision_ids(spec, day, ids[rows], cols + 1),
             "ts": plan.inputs.send_ts,
             "customer_id": ids[rows],
             "offer_id": offers[plan.slates[rows, cols]],
@@ -408,13 +432,14 @@ def decision_rows(plan: DayPlan, spec: CampaignFile, day: datetime) -> pd.DataFr
             "score_parts": score_parts_json(plan, rows, cols),
             "propensity": plan.propensity[rows, cols],
             "experiment": exp,
-            "arm": arm,
+            "arm": plan.inputs.arm[rows],
         }
     )
-    held = np.flatnonzero(plan.inputs.holdout)
+    # the control: held-out customers the campaign could have written to, like the treated
+    held = np.flatnonzero(plan.inputs.holdout & plan.inputs.eligible.any(axis=1))
     control = pd.DataFrame(
         {
-            "decision_id": [decision_id(spec, day, ids[i], 0) for i in held],
+            "decision_id": decision_ids(spec, day, ids[held], np.zeros(len(held), int)),
             "ts": plan.inputs.send_ts,
             "customer_id": ids[held],
             "offer_id": None,
@@ -529,9 +554,7 @@ def write_outputs(
             "offer_id": offers.offer_id.to_numpy()[o],
             "name": offers.name.to_numpy()[o],
             "brand": offers.brand.to_numpy()[o],
-            "decision_id": [
-                decision_id(spec, day, ids[i], int(j) + 1) for i, j in zip(rows, cols, strict=True)
-            ],
+            "decision_id": decision_ids(spec, day, ids[rows], cols + 1),
             "explored": plan.explored[rows, cols],
         }
     )
@@ -541,7 +564,7 @@ def write_outputs(
         slates.to_parquet(paths["slates"], index=False)
     else:
         paths["slates"] = root / f"slates-{stem}.csv"
-        slates.to_csv(paths["slates"], index=False)
+        pacsv.write_csv(pa.Table.from_pandas(slates, preserve_index=False), paths["slates"])
     paths["summary"] = root / f"summary-{stem}.json"
     paths["summary"].write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return paths

@@ -38,6 +38,16 @@ A campaign says what to send, to whom, under which promises, and how it is measu
     name = "daily-email"        # decisions carry it, with the arm
     holdout = 0.1               # share of customers kept out (control arm "holdout")
     salt = "2026"               # assignment = hash(salt, experiment, customer)
+    arms = { optimised = 1.0 }  # treatment arms sharing the rest, by weight (the default)
+
+    [campaign.hypothesis]       # written before launch; measured by `nextbest roi`
+    metric = "conversion"       # conversion, revenue, margin, visit, open or click
+    expected_lift = 0.05        # relative to the holdout (and/or expected_absolute_lift)
+    minimum_detectable_effect = 0.03   # relative, like expected_lift
+    expected_value = 12000.0    # incremental margin expected over the treated, in money
+    window_days = 14            # outcomes counted this long after each assignment
+    alpha = 0.05                # significance level of the test
+    power = 0.8                 # power wanted at the minimum detectable effect
 
     [campaign.contact]          # the contact policy (see decide/contact.py)
     per_week = { email = 5 }
@@ -69,11 +79,13 @@ from nextbest.decide.rules import compile_rule
 from nextbest.errors import ConfigError
 
 __all__ = [
+    "HYPOTHESIS_METRICS",
     "OBJECTIVES",
     "Campaign",
     "CampaignFile",
     "Experiment",
     "Exploration",
+    "Hypothesis",
     "Levers",
     "Minimum",
     "OfferSettings",
@@ -83,6 +95,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("profit", "conversions", "revenue", "incremental_margin")
+HYPOTHESIS_METRICS = ("conversion", "revenue", "margin", "visit", "open", "click")
 
 
 class _Strict(BaseModel):
@@ -150,6 +163,42 @@ class Experiment(_Strict):
     name: str = Field(min_length=1)
     holdout: float = Field(0.1, ge=0, lt=1)
     salt: str = ""
+    arms: dict[str, float] = Field(default_factory=lambda: {"optimised": 1.0}, min_length=1)
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v > 0}
+        if bad:
+            raise ValueError(f"arm weights must be > 0, got {bad}")
+        if "holdout" in value:
+            raise ValueError("'holdout' is the control arm: set its share with holdout = ...")
+        return value
+
+    def weights(self) -> dict[str, float]:
+        """Every arm's share, the holdout first: ``{"holdout": h, arm: (1 - h) w / sum w}``."""
+        total = sum(self.arms.values())
+        shares = {k: (1 - self.holdout) * w / total for k, w in self.arms.items()}
+        return {"holdout": self.holdout, **shares} if self.holdout > 0 else shares
+
+
+class Hypothesis(_Strict):
+    """What the campaign is expected to achieve, stated before launch."""
+
+    metric: Literal["conversion", "revenue", "margin", "visit", "open", "click"]
+    expected_lift: float | None = Field(None, gt=0, description="relative to the holdout")
+    expected_absolute_lift: float | None = Field(None, gt=0)
+    minimum_detectable_effect: float | None = Field(None, gt=0, description="relative")
+    expected_value: float | None = Field(None, gt=0, description="incremental margin, money")
+    window_days: float = Field(14, gt=0)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    power: float = Field(0.8, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _some_lift(self) -> Hypothesis:
+        if self.expected_lift is None and self.expected_absolute_lift is None:
+            raise ValueError("give expected_lift (relative), expected_absolute_lift or both")
+        return self
 
 
 class OfferSettings(_Strict):
@@ -178,6 +227,7 @@ class Campaign(_Strict):
     minimums: list[Minimum] = Field(default_factory=list)
     exploration: Exploration = Field(default_factory=lambda: Exploration())
     experiment: Experiment | None = None
+    hypothesis: Hypothesis | None = None
     contact: ContactPolicy = Field(default_factory=lambda: ContactPolicy())
 
     @field_validator("channel")

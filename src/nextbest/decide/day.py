@@ -15,13 +15,13 @@ so an explanation always tells what the batch did:
 - eligibility: consent, unsubscribes and the contact policy (:mod:`.contact`), the per-offer
   impression limit, the campaign's and each offer's rule (:mod:`.rules`), with the count of
   pairs each reason excluded;
-- the holdout of the campaign's experiment: ``hash(salt, experiment, customer)`` below the
-  holdout share, stable across runs and machines.
+- the arm of the campaign's experiment (:mod:`.assign`): ``hash(salt, experiment, customer)``
+  below the holdout share is the holdout, the rest shared by the treatment arms' weights,
+  stable across runs and machines.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.data.warehouse import Warehouse
+from nextbest.decide.assign import assign, hash_position
 from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.contact import ContactState, contact_state
 from nextbest.decide.rules import compile_rule
@@ -58,6 +59,7 @@ class DayInputs:
     eligible: np.ndarray  # n x m
     slots: np.ndarray  # n
     holdout: np.ndarray  # n bool
+    arm: np.ndarray  # n: the experiment arm (None without an experiment)
     novel: np.ndarray  # n x m: the brand was never shown to the customer
     contact: ContactState
     customers: pd.DataFrame  # n rows: customer 360 and demographics, as the model saw them
@@ -77,9 +79,7 @@ def holdout_mask(customer_ids: np.ndarray, experiment: str, salt: str, share: fl
     """``hash(salt, experiment, customer) < share``: the same customers on every machine."""
     if share <= 0:
         return np.zeros(len(customer_ids), dtype=bool)
-    key = hashlib.md5(f"{salt}:{experiment}".encode()).hexdigest()[:16]
-    h = pd.util.hash_array(np.asarray(customer_ids, dtype=object), hash_key=key)
-    return (h / np.float64(2**64)) < share
+    return hash_position(customer_ids, experiment, salt) < share
 
 
 def _open_offers(warehouse: Warehouse, spec: CampaignFile, at: datetime) -> pd.DataFrame:
@@ -195,11 +195,6 @@ def day_inputs(
             f"the propensity model {manifest.name} needs features that decisions do not build "
             f"({', '.join(missing[:5])}); retrain it with 'nextbest train propensity'"
         )
-    p = scorer.score(model, reporter)
-    response = str(manifest.params.get("response", "click"))
-    weights = list(c.position_weights[: c.slots]) or _position_weights(model, scorer, c.slots)
-    p_buy = p if response == "purchase" else p * _conversion(warehouse, offers, as_of)[None, :]
-
     reporter.start(None, "Consent, contact policy and rules")
     state = contact_state(
         warehouse,
@@ -209,9 +204,11 @@ def day_inputs(
         offer_ids=list(offers.offer_id),
     )
     reachable = state.allowed(c.channel, at) & (state.remaining(c.channel) >= 1)
-    holdout = np.zeros(n, dtype=bool)
+    arm = np.full(n, None, dtype=object)
     if c.experiment is not None:
-        holdout = holdout_mask(ids, c.experiment.name, c.experiment.salt, c.experiment.holdout)
+        e = c.experiment
+        arm = assign(ids, e.name, e.salt, e.weights(), names=True)
+    holdout = arm == "holdout"
     eligible = np.repeat(reachable[:, None], m, axis=1)
     excluded = {
         "customers not reachable (consent, unsubscribed, contact policy)": int((~reachable).sum())
@@ -247,6 +244,12 @@ def day_inputs(
         excluded[f"pairs excluded by {where}: {text}"] = int((eligible & ~full).sum())
         eligible &= full
     reporter.finish()
+    # the batch scores only the customers it may write to; an explanation scores everyone asked
+    scored = None if customer_ids is not None else np.flatnonzero(eligible.any(axis=1) & ~holdout)
+    p = scorer.score(model, rows=scored, reporter=reporter)
+    response = str(manifest.params.get("response", "click"))
+    weights = list(c.position_weights[: c.slots]) or _position_weights(model, scorer, c.slots)
+    p_buy = p if response == "purchase" else p * _conversion(warehouse, offers, as_of)[None, :]
     slots = np.where(holdout, 0, c.slots).astype(np.int64)
     return DayInputs(
         send_ts=at,
@@ -257,6 +260,7 @@ def day_inputs(
         eligible=eligible,
         slots=slots,
         holdout=holdout,
+        arm=arm,
         novel=scorer.novel(),
         contact=state,
         customers=scorer.customers,

@@ -122,12 +122,14 @@ def decide(
         random_state=random_state,
         reporter=reporter,
     )
+    reporter.start(None, "Writing slates and the summary")
     rows = decision_rows(plan, spec, day)
     if log_decisions:
         _check_log(ws, spec, day, rows)
     out = out or ws.root / "decisions"
     report = summary(plan, spec, day)
     paths = write_outputs(plan, spec, day, out, report, fmt)
+    reporter.finish()
     record = ws.root / "decisions" / paths["summary"].name
     if record.resolve() != paths["summary"].resolve():  # explanations read the workspace's copy
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -137,9 +139,11 @@ def decide(
         log_dir = ws.root / "decisions" / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"decisions-{c.name}-{day:%Y-%m-%d}.parquet"
+        reporter.start(None, "Logging the decisions")
         rows.to_parquet(path, index=False)
         paths["log"] = path
         load = ingest(
             ws.warehouse, [path], ws.config.ingest, table="decisions", reports=ws.reports
         )[0]
+        reporter.finish()
     return DecisionRun(plan, report, paths, load)

@@ -34,11 +34,22 @@ _BLOCK_ROWS = 1_000_000  # pairs scored at once (60 float32 columns: 240 MB)
 
 @dataclass
 class _History:
-    """The sparse pair columns of one level: rows (customer index, offer index) and values."""
+    """The sparse pair columns of one level: rows (customer, level value) and their values.
 
-    customer: np.ndarray  # sorted
-    offer: np.ndarray
-    values: pd.DataFrame  # aff_<level>_* columns
+    ``value`` codes the brand (or category) among today's; ``offer_value`` gives each offer's
+    code (``-1``: the offer has none), so a row counts for every offer of that value.
+    """
+
+    customer: np.ndarray  # customer index, sorted
+    value: np.ndarray  # level value code
+    values: dict[str, np.ndarray]  # aff_<level>_* columns
+    offer_value: np.ndarray  # m: each offer's value code
+    n_values: int
+
+    def for_offer(self, offer: int) -> np.ndarray:
+        """The rows that count for ``offer``."""
+        code = self.offer_value[offer]
+        return np.flatnonzero(self.value == code) if code >= 0 else np.zeros(0, np.int64)
 
 
 @dataclass
@@ -61,12 +72,12 @@ class PairScorer:
         return {
             col: (np.nan if col.endswith("_ctr") else 0.0)
             for h in self.history.values()
-            for col in h.values.columns
+            for col in h.values
         }
 
     def known(self) -> set[str]:
         """Every feature a day's pairs have."""
-        history = {c for h in self.history.values() for c in h.values.columns}
+        history = {c for h in self.history.values() for c in h.values}
         return {"slot", *self.customers.columns, *self.offers.columns, *history}
 
     def column(self, name: str, offer: int) -> np.ndarray:
@@ -77,10 +88,10 @@ class PairScorer:
         if name in self.offers.columns:
             return np.repeat(self.offers[name].to_numpy()[offer : offer + 1], n)
         for h in self.history.values():
-            if name in h.values.columns:
+            if name in h.values:
                 out = np.full(n, self._defaults()[name])
-                hit = h.offer == offer
-                out[h.customer[hit]] = h.values[name].to_numpy()[hit]
+                hit = h.for_offer(offer)
+                out[h.customer[hit]] = h.values[name][hit]
                 return out
         if name == "slot":
             return np.ones(n)
@@ -90,8 +101,10 @@ class PairScorer:
         """n x m: the customer never interacted with the offer's brand nor was shown it."""
         out = np.ones(self.shape, dtype=bool)
         h = self.history["brand"]
-        seen = (h.values["aff_brand"].to_numpy() > 0) | (h.values["aff_brand_shown"] > 0)
-        out[h.customer[seen], h.offer[seen]] = False
+        seen = (h.values["aff_brand"] > 0) | (h.values["aff_brand_shown"] > 0)
+        for j in range(self.shape[1]):  # a loop over offers
+            hit = h.for_offer(j)
+            out[h.customer[hit[seen[hit]]], j] = False
         return out
 
     def coded(self, model: Any) -> dict[str, np.ndarray]:
@@ -102,7 +115,7 @@ class PairScorer:
                 if name in frame.columns:
                     out[name] = model.encode(name, frame[name])
             for h in self.history.values():
-                if name in h.values.columns:
+                if name in h.values:
                     out[name] = model.encode(name, h.values[name])
         return out
 
@@ -131,26 +144,34 @@ class PairScorer:
         for h in self.history.values():
             lo, hi = np.searchsorted(h.customer, [rows[0], rows[-1] + 1]) if k else (0, 0)
             at = np.searchsorted(rows, h.customer[lo:hi])
-            ok = rows[np.minimum(at, k - 1)] == h.customer[lo:hi]
-            pair = at[ok] * m + h.offer[lo:hi][ok]
-            for col in h.values.columns:
-                if col in where:
-                    X[pair, where[col]] = coded[col][lo:hi][ok]
+            ok = np.flatnonzero(rows[np.minimum(at, k - 1)] == h.customer[lo:hi])
+            # per column, a block x (values + 1) table, the last column the default, read
+            # for every offer through its value code
+            codes = np.where(h.offer_value >= 0, h.offer_value, h.n_values)
+            for col in h.values:
+                if col not in where:
+                    continue
+                table = np.full((k, h.n_values + 1), defaults[col], dtype=np.float32)
+                table[at[ok], h.value[lo:hi][ok]] = coded[col][lo:hi][ok]
+                X[:, where[col]] = table[:, codes].reshape(-1)
         return X
 
-    def score(self, model: Any, reporter: Reporter | None = None) -> np.ndarray:
-        """n x m: the model's probability for every pair, at slot 1."""
+    def score(
+        self, model: Any, *, rows: np.ndarray | None = None, reporter: Reporter | None = None
+    ) -> np.ndarray:
+        """n x m: the model's probability for every pair at slot 1 (0 outside ``rows``)."""
         reporter = reporter or NullReporter()
         n, m = self.shape
+        rows = np.arange(n) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
         coded = self.coded(model)
-        p = np.empty((n, m))
+        p = np.zeros((n, m))
         step = max(1, _BLOCK_ROWS // max(m, 1))
-        reporter.start(n, "Scoring customers x offers")
-        for a in range(0, n, step):
-            rows = np.arange(a, min(n, a + step))
-            X = self.matrix(model, rows, coded)
-            p[rows] = model.predict_proba_matrix(X)[:, 1].reshape(-1, m)
-            reporter.advance(len(rows))
+        reporter.start(len(rows), f"Scoring {len(rows):,} customers x {m} offers")
+        for a in range(0, len(rows), step):
+            block = rows[a : a + step]
+            X = self.matrix(model, block, coded)
+            p[block] = model.predict_proba_matrix(X)[:, 1].reshape(-1, m)
+            reporter.advance(len(block))
         reporter.finish()
         return p
 
@@ -167,13 +188,15 @@ def pair_scorer(
 ) -> PairScorer:
     """Read the pieces of the pairs ``customer_ids`` x ``offers.offer_id`` as of ``as_of``."""
     parts = pair_parts(warehouse, as_of)
-    ids = pd.Index(customer_ids)
-    keys = ibis.memtable(pd.DataFrame({"customer_id": np.asarray(customer_ids, dtype=object)}))
-    frame = parts.customers.semi_join(keys, "customer_id").to_pandas()
-    if len(frame) != len(ids):
-        missing = sorted(set(customer_ids) - set(frame.customer_id))
+    n = len(customer_ids)
+    keys = ibis.memtable(
+        pd.DataFrame({"customer_id": np.asarray(customer_ids, dtype=object), "_row": np.arange(n)})
+    )
+    people = parts.customers.join(keys, "customer_id").order_by("_row")
+    customers = people.to_pyarrow().to_pandas().drop(columns="_row")
+    if len(customers) != n:
+        missing = sorted(set(customer_ids) - set(customers.customer_id))
         raise DataError(f"customer {missing[0]} has no row in the customers table")
-    customers = frame.iloc[np.argsort(ids.get_indexer(frame.customer_id))].reset_index(drop=True)
     offer_ids = list(offers.offer_id)
     got = parts.offers.filter(parts.offers.offer_id.isin(offer_ids)).to_pandas()
     got = got.set_index("offer_id").loc[offer_ids].reset_index()
@@ -182,28 +205,31 @@ def pair_scorer(
         got = got.merge(
             parts.popular[level].to_pandas(), how="left", left_on=f"offer_{level}", right_on=level
         ).drop(columns=level)
-        values = got[f"offer_{level}"].dropna().unique().tolist()
+        values = pd.Index(got[f"offer_{level}"].dropna().unique())
         aff, exp = parts.affinity[level], parts.exposure[level]
-        aff = aff.filter(aff[level].isin(values)).semi_join(keys, "customer_id")
-        exp = exp.filter(exp[level].isin(values)).semi_join(keys, "customer_id")
-        both = aff.outer_join(
-            exp, (aff.customer_id == exp.customer_id) & (aff[level] == exp[level])
-        )
+        wanted = values.tolist()
+        aff = aff.filter(aff[level].isin(wanted)).join(keys, "customer_id")
+        exp = exp.filter(exp[level].isin(wanted)).join(keys, "customer_id")
+        both = aff.outer_join(exp, (aff._row == exp._row) & (aff[level] == exp[level]))
         cols = [c for c in (*aff.columns, *exp.columns) if c.startswith("aff_")]
-        rows = both.select(
-            customer_id=both.customer_id.fill_null(both.customer_id_right),
-            value=both[level].fill_null(both[f"{level}_right"]),
+        value = both[level].fill_null(both[f"{level}_right"])
+        both = both.select(
+            _row=both._row.fill_null(both._row_right),
+            _code=ibis.cases(*((value == v, i) for i, v in enumerate(wanted)), else_=-1),
             **{c: both[c] for c in cols},
-        ).to_pandas()
-        per_offer = pd.DataFrame({"value": got[f"offer_{level}"], "offer": np.arange(len(got))})
-        rows = rows.merge(per_offer, on="value").drop(columns="value")
-        rows["customer"] = ids.get_indexer(rows.pop("customer_id"))
-        rows = rows.sort_values(["customer", "offer"], kind="stable").reset_index(drop=True)
-        counts = [c for c in cols if not c.endswith("_ctr")]
-        rows[counts] = rows[counts].fillna(0)
+        )
+        rows = both.order_by(["_row", "_code"]).to_pyarrow()
+        counts = {c for c in cols if not c.endswith("_ctr")}
         history[level] = _History(
-            customer=rows.customer.to_numpy(np.int64),
-            offer=rows.offer.to_numpy(np.int64),
-            values=rows[cols],
+            customer=rows["_row"].to_numpy().astype(np.int64),
+            value=rows["_code"].to_numpy().astype(np.int64),
+            values={
+                c: rows[c].to_numpy(zero_copy_only=False).astype(np.float64)
+                if c not in counts
+                else np.nan_to_num(rows[c].to_numpy(zero_copy_only=False).astype(np.float64))
+                for c in cols
+            },
+            offer_value=values.get_indexer(got[f"offer_{level}"]),
+            n_values=len(values),
         )
     return PairScorer(customers=customers, offers=got, history=history)
