@@ -79,7 +79,8 @@ def experiment_frame(
     start: datetime | None = None,
     reporter: Reporter | None = None,
 ) -> pd.DataFrame:
-    """Assignments of ``experiment`` (from ``start`` on) with arm, outcome (``y``), features."""
+    """Assignments of ``experiment`` (from ``start`` on, up to the last event) with arm, outcome
+    (``y``) and features."""
     if outcome not in OUTCOMES:
         raise DataError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
     reporter = reporter or NullReporter()
@@ -87,6 +88,11 @@ def experiment_frame(
     dec = dec.filter(dec.experiment == experiment, dec.arm.notnull())
     if start is not None:
         dec = dec.filter(dec.ts >= ibis.literal(start, type="timestamp('UTC')"))
+    # only assignments already lived: decisions logged for a day with no event yet (a batch
+    # decided for tomorrow) have no outcome to learn from, not a negative one
+    last = warehouse.table("events").ts.max().execute()
+    if last is not None and not pd.isna(last):
+        dec = dec.filter(dec.ts <= ibis.literal(pd.Timestamp(last), type="timestamp('UTC')"))
     assigned = dec.group_by(["customer_id", "ts"]).aggregate(arm=dec.arm.min())
     ev = warehouse.table("events")
     kind = "purchase" if outcome == "revenue" else outcome
