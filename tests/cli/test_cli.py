@@ -108,6 +108,13 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         "clv",
         "train",
         "models",
+        "decide",
+        "explain",
+        "experiment",
+        "roi",
+        "ope",
+        "ideas",
+        "loop",
     ):
         done = run(command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
@@ -148,6 +155,7 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
         "--days",
         "6",
         "--no-serve",
+        "--no-loop",
         "--json",
         cwd=tmp_path,
     )
@@ -159,7 +167,16 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
     assert "a time split needs at least 11 days" in result["skipped_models"]["propensity"]
     assert result["decisions"] is None and "no propensity model" in result["skipped_decisions"]
     text = run(
-        "demo", "--dir", "d", "--customers", "800", "--days", "6", "--no-serve", cwd=tmp_path
+        "demo",
+        "--dir",
+        "d",
+        "--customers",
+        "800",
+        "--days",
+        "6",
+        "--no-serve",
+        "--no-loop",
+        cwd=tmp_path,
     )
     assert text.returncode == 0
     for heading in ("Loads", "Headline KPIs", "RFM segments", "Email funnel", "Site funnel"):
@@ -167,7 +184,7 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
     other = tmp_path / "mine"
     other.mkdir()
     (other / "keep.txt").write_text("x")
-    refused = run("demo", "--dir", "mine", "--no-serve", cwd=tmp_path)
+    refused = run("demo", "--dir", "mine", "--no-serve", "--no-loop", cwd=tmp_path)
     assert refused.returncode == 1 and "was not made by 'nextbest demo'" in refused.stderr
 
 
@@ -237,6 +254,7 @@ def test_train_and_models_commands(tmp_path: Path) -> None:
         "--days",
         "16",
         "--no-serve",
+        "--no-loop",
         "--json",
         cwd=tmp_path,
     )
@@ -272,7 +290,18 @@ def test_train_and_models_commands(tmp_path: Path) -> None:
 
 
 def test_segment_command(tmp_path: Path) -> None:
-    run("demo", "--dir", "d", "--customers", "600", "--days", "10", "--no-serve", cwd=tmp_path)
+    run(
+        "demo",
+        "--dir",
+        "d",
+        "--customers",
+        "600",
+        "--days",
+        "10",
+        "--no-serve",
+        "--no-loop",
+        cwd=tmp_path,
+    )
     ws = tmp_path / "d" / "workspace"
     cfg = ws / "nextbest.toml"
     cfg.write_text(

@@ -14,6 +14,7 @@ import typer
 from nextbest.cli.console import RichReporter, out, print_json, table
 from nextbest.cli.decide import print_decision_summary
 from nextbest.cli.insight import print_segments
+from nextbest.cli.loop import print_loop_result
 from nextbest.cli.main import JsonOpt, command, print_loads
 from nextbest.cli.models import print_train_report
 from nextbest.data.ingest import ingest
@@ -23,6 +24,7 @@ from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, rfm
 from nextbest.measure.funnels import FUNNELS, funnel
 from nextbest.measure.kpi import HeadlineKpis, headline_kpis
+from nextbest.measure.loop import LoopConfig, run_loop
 from nextbest.models import run_segmentation
 from nextbest.models.store import ModelStore
 from nextbest.models.training import TrainOptions, train
@@ -33,6 +35,9 @@ __all__ = ["demo", "simulate_cmd"]
 _MARKER = ".nextbest-demo"
 _DEMO_TRAIN_DAYS = 14
 _DEMO_HOLDOUT = 0.1  # a daily control group: what uplift models and measurement learn from
+# the closed loop, the demo's final act: small, so that it takes about a minute
+_DEMO_LOOP = {"customers": 2_000, "days": 8, "warmup": 4, "retrain_every": 3}
+_DEMO_LOOP_POLICIES = ("random", "popular", "greedy", "optimised")
 _DEMO_CAMPAIGN = """# The demo's daily e-mail: see src/nextbest/decide/campaign.py for every key.
 [campaign]
 name = "daily-email"
@@ -102,6 +107,14 @@ def demo(
     serve: Annotated[
         bool, typer.Option("--serve/--no-serve", help="End by serving the dashboard.")
     ] = True,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop/--no-loop",
+            help="End with a short closed loop: policies learning on the simulator, compared "
+            "on the truth (about a minute).",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate a retailer, load it into a fresh workspace, and show what came in."""
@@ -114,25 +127,28 @@ def demo(
     (directory / _MARKER).write_text("made by nextbest demo; deleted by the next demo run\n")
     reporter = RichReporter(enabled=not as_json)
     sim_dir = directory / "simulated"
+    steps = 6 if loop else 5
     if not as_json:
-        out.print(f"[bold]1/5[/] Simulating {customers:,} members over {days} days (seed {seed})")
+        out.print(
+            f"[bold]1/{steps}[/] Simulating {customers:,} members over {days} days (seed {seed})"
+        )
     sim_config = _sim_config(customers, days, seed, "random", "parquet", _DEMO_HOLDOUT)
     simulate(sim_config, sim_dir, reporter=reporter)
     if not as_json:
-        out.print(f"[bold]2/5[/] Creating the workspace {directory / 'workspace'}")
+        out.print(f"[bold]2/{steps}[/] Creating the workspace {directory / 'workspace'}")
     ws = Workspace.init(directory / "workspace", name="demo")
     config = ws.root / "nextbest.toml"
     config.write_text(config.read_text() + _DEMO_SEGMENTATION, encoding="utf-8")
     ws = Workspace.open(ws.root)
     if not as_json:
-        out.print("[bold]3/5[/] Loading the simulated tables")
+        out.print(f"[bold]3/{steps}[/] Loading the simulated tables")
     results = ingest(
         ws.warehouse, [sim_dir], ws.config.ingest, reports=ws.reports, reporter=reporter
     )
     kpis = headline_kpis(ws.warehouse)
     quarantined = ws.warehouse.count("quarantine")
     if not as_json:
-        out.print("[bold]4/5[/] Training the models")
+        out.print(f"[bold]4/{steps}[/] Training the models")
     trained = train(
         ws.warehouse,
         ModelStore(ws.models),
@@ -142,7 +158,7 @@ def demo(
         reporter=reporter,
     )
     if not as_json:
-        out.print("[bold]5/5[/] Deciding tomorrow's e-mails for every member")
+        out.print(f"[bold]5/{steps}[/] Deciding tomorrow's e-mails for every member")
     (ws.root / "campaign.toml").write_text(_DEMO_CAMPAIGN, encoding="utf-8")
     spec = load_campaign(ws.root / "campaign.toml")
     last = ws.warehouse.table("events").ts.max().execute().to_pydatetime()
@@ -151,6 +167,23 @@ def demo(
     why_not = trained.skipped.get("propensity")
     if why_not is None:
         decided = decide(ws, spec, tomorrow, random_state=seed, reporter=reporter)
+    looped = None
+    if loop:
+        if not as_json:
+            out.print(
+                f"[bold]6/6[/] The closed loop: {', '.join(_DEMO_LOOP_POLICIES)} on "
+                f"{_DEMO_LOOP['customers']:,} members x {_DEMO_LOOP['days']} days, each "
+                "learning from its own logs"
+            )
+        looped = run_loop(
+            LoopConfig(
+                **_DEMO_LOOP,
+                policies=_DEMO_LOOP_POLICIES,
+                seed=seed,
+                workdir=directory / "loop",
+            ),
+            reporter=reporter,
+        )
     if as_json:
         print_json(
             {
@@ -162,6 +195,7 @@ def demo(
                 "models": [m.to_dict() for m in trained.made],
                 "skipped_models": trained.skipped,
                 "workspace": str(ws.root),
+                "loop": looped.to_dict() if looped else None,
             }
         )
     else:
@@ -178,6 +212,8 @@ def demo(
             _print_explanation(ws, spec, decided, tomorrow)
         else:
             out.print(f"No decisions: the propensity model was skipped ({why_not})")
+        if looped is not None:
+            print_loop_result(looped)
         out.print(f"\nWorkspace: {ws.root}   ground truth: {sim_dir / 'truth'}")
         out.print(f"Explore it: nextbest status --workspace {ws.root}")
         if serve:

@@ -253,6 +253,16 @@ def quarantine(
 
 def main() -> None:
     """Entry point: every command, and nextbest's errors as one line and an exit code."""
-    from nextbest.cli import decide, demo, insight, models, value  # noqa: F401 - register commands
+    from nextbest.cli import (  # noqa: F401 - register commands
+        decide,
+        demo,
+        experiment,
+        ideas,
+        insight,
+        loop,
+        models,
+        ope,
+        value,
+    )
 
     app()
