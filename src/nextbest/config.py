@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,6 +46,7 @@ __all__ = [
     "default_config_text",
     "find_workspace",
     "load_config",
+    "read_toml",
     "validation_message",
 ]
 
@@ -126,16 +127,19 @@ def default_config_text(name: str) -> str:
     )
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a nextbest.toml; errors name the file and the key."""
+def read_toml(path: Path, missing: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing file says ``missing``, a malformed one what is wrong."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: not found; run 'nextbest init {path.parent}' to create a workspace"
-        ) from None
+        raise ConfigError(f"{path}: {missing}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a nextbest.toml; errors name the file and the key."""
+    raw = read_toml(path, f"not found; run 'nextbest init {path.parent}' to create a workspace")
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -66,13 +66,12 @@ less than or equal to 1 (got 1.5)``.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nextbest.config import validation_message
+from nextbest.config import read_toml, validation_message
 from nextbest.data.schema import CHANNELS
 from nextbest.decide.contact import ContactPolicy
 from nextbest.decide.rules import compile_rule
@@ -292,10 +291,4 @@ def parse_campaign(raw: dict[str, Any], where: str = "campaign") -> CampaignFile
 
 def load_campaign(path: Path) -> CampaignFile:
     """Read and validate a campaign TOML file."""
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: campaign file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_campaign(raw, str(path))
+    return parse_campaign(read_toml(path, "campaign file not found"), str(path))

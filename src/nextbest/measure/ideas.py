@@ -43,7 +43,6 @@ Every score is computed on the warehouse as of a date:
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +52,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nextbest.config import validation_message
+from nextbest.config import read_toml, validation_message
 from nextbest.data.warehouse import Warehouse
 from nextbest.decide.contact import CONSENT_CHANNELS, ContactPolicy, contact_state
 from nextbest.decide.rules import compile_rule
@@ -141,14 +140,7 @@ def parse_ideas(raw: dict[str, object], where: str = "ideas.toml") -> IdeaFile:
 
 def load_ideas(path: Path) -> IdeaFile:
     """Read and validate an ideas TOML file."""
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no idea backlog; write one (see nextbest/measure/ideas.py)"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "no idea backlog; write one (see nextbest/measure/ideas.py)")
     return parse_ideas(raw, str(path))
 
 
