@@ -15,7 +15,7 @@ from nextbest.data.workspace import Workspace
 from nextbest.decide import CampaignFile, decide, explain, load_campaign, parse_campaign
 from nextbest.errors import ConfigError
 
-__all__ = ["campaign_for", "decide_cmd", "explain_cmd", "print_decision_summary"]
+__all__ = ["campaign_for", "day_after_data", "decide_cmd", "explain_cmd", "print_decision_summary"]
 
 CampaignOpt = Annotated[
     Path | None,
@@ -34,7 +34,7 @@ def campaign_for(ws: Workspace, path: Path | None) -> CampaignFile:
     return load_campaign(own) if own.exists() else parse_campaign(DEFAULT_CAMPAIGN)
 
 
-def _day(ws: Workspace, text: str | None) -> datetime:
+def day_after_data(ws: Workspace, text: str | None) -> datetime:
     if text is not None:
         return parse_date(text, "--date")
     last = ws.warehouse.table("events").ts.max().execute()
@@ -66,7 +66,7 @@ def decide_cmd(
         raise ConfigError(f"--format: expected csv or parquet, got {file_format!r}")
     ws = open_workspace(workspace)
     spec = campaign_for(ws, campaign)
-    day = _day(ws, date)
+    day = day_after_data(ws, date)
     run = decide(
         ws,
         spec,

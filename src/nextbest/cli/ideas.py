@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from nextbest.cli.console import out, print_json, table
-from nextbest.cli.decide import _day
+from nextbest.cli.decide import day_after_data
 from nextbest.cli.main import JsonOpt, WorkspaceOpt, command, open_workspace
 from nextbest.measure.ideas import load_ideas, score_ideas
 
@@ -34,7 +34,7 @@ def ideas_cmd(
     """Rank the idea backlog: audience, privacy, relevance, feasibility and value."""
     ws = open_workspace(workspace)
     spec = load_ideas(file or ws.root / "ideas.toml")
-    as_of = _day(ws, date)
+    as_of = day_after_data(ws, date)
     scores = score_ideas(ws.warehouse, spec, as_of)
     if as_json:
         print_json({"as_of": f"{as_of:%Y-%m-%d}", "ideas": [asdict(s) for s in scores]})

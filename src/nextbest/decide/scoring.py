@@ -14,7 +14,7 @@ A test checks that this gives the same probabilities as the warehouse join
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,8 @@ class PairScorer:
     customers: pd.DataFrame  # n rows: customer 360 and demographics
     offers: pd.DataFrame  # m rows: offer_* and pop_* columns
     history: dict[str, _History]  # level -> sparse pair columns
+    _coded_for: Any = field(default=None, repr=False)
+    _coded: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -108,7 +110,9 @@ class PairScorer:
         return out
 
     def coded(self, model: Any) -> dict[str, np.ndarray]:
-        """Every piece's columns coded once for ``model`` (customers, offers, history rows)."""
+        """Every piece's columns coded for ``model`` (customers, offers, history rows), once."""
+        if self._coded_for is model:
+            return self._coded
         out: dict[str, np.ndarray] = {}
         for name in model.features_:
             for frame in (self.customers, self.offers):
@@ -117,6 +121,7 @@ class PairScorer:
             for h in self.history.values():
                 if name in h.values:
                     out[name] = model.encode(name, h.values[name])
+        self._coded_for, self._coded = model, out
         return out
 
     def matrix(self, model: Any, rows: np.ndarray, coded: dict[str, np.ndarray]) -> np.ndarray:
@@ -183,6 +188,11 @@ class PairScorer:
         return self.matrix(model, rows, self.coded(model))
 
 
+def _floats(column: Any, *, missing_is_zero: bool) -> np.ndarray:
+    out = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.nan_to_num(out) if missing_is_zero else out
+
+
 def pair_scorer(
     warehouse: Warehouse, customer_ids: np.ndarray, offers: pd.DataFrame, as_of: datetime
 ) -> PairScorer:
@@ -223,12 +233,7 @@ def pair_scorer(
         history[level] = _History(
             customer=rows["_row"].to_numpy().astype(np.int64),
             value=rows["_code"].to_numpy().astype(np.int64),
-            values={
-                c: rows[c].to_numpy(zero_copy_only=False).astype(np.float64)
-                if c not in counts
-                else np.nan_to_num(rows[c].to_numpy(zero_copy_only=False).astype(np.float64))
-                for c in cols
-            },
+            values={c: _floats(rows[c], missing_is_zero=c in counts) for c in cols},
             offer_value=values.get_indexer(got[f"offer_{level}"]),
             n_values=len(values),
         )
