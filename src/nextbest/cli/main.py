@@ -259,9 +259,11 @@ def main() -> None:
         experiment,
         ideas,
         insight,
+        keys,
         loop,
         models,
         ope,
+        serve,
         value,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nextbest.data.erase import erase_customer
 from nextbest.data.ingest import LoadResult, ingest
 from nextbest.data.schema import TABLES, TableContract, contract
 from nextbest.data.sources import Batch, ReadOptions, Reject
@@ -18,5 +19,6 @@ __all__ = [
     "Warehouse",
     "Workspace",
     "contract",
+    "erase_customer",
     "ingest",
 ]

@@ -5,10 +5,11 @@ For each file (or dataset folder) the pipeline:
 1. skips it whole if the same content was already loaded in the same format (by SHA-256);
 2. streams it through its reader in batches and validates every row against the table's
    contract (:mod:`nextbest.data.validate`); rejected rows go to the ``quarantine`` table;
-3. stages the good rows, then, table by table in load order, quarantines duplicate ids within
-   the file, rows that refer to unknown customers, products, offers or decisions, and rows whose
-   id is already in the warehouse with different values; rows already there unchanged are
-   counted as skipped;
+3. stages the good rows, then, table by table in load order, quarantines rows of erased
+   customers (row withheld, see :mod:`nextbest.data.erase`), duplicate ids within the file,
+   rows that refer to unknown customers, products, offers or decisions, and rows whose id is
+   already in the warehouse with different values; rows already there unchanged are counted
+   as skipped;
 4. inserts the rest, and records the load in ``loads``.
 
 Steps 2 to 4 run in one transaction: a failure leaves the warehouse as it was. For every table
@@ -31,6 +32,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from nextbest.config import IngestConfig
+from nextbest.data.erase import screen_erased, withhold_erased
 from nextbest.data.schema import LOAD_ORDER, TABLES, contract
 from nextbest.data.sources import (
     Batch,
@@ -359,6 +361,7 @@ def _quarantine(
 ) -> None:
     if not rejects:
         return
+    rejects = withhold_erased(warehouse, rejects)  # the quarantine never stores an erased id
     now = datetime.now(UTC)
     room = _KEEP_PROBLEMS - len(result.problems)
     result.problems.extend(r.message() for r in rejects[: max(room, 0)])
@@ -393,6 +396,9 @@ def _finalise(
     key = spec.key
     cols = list(spec.column_names)
     counts = result.tables[name]
+    erased = screen_erased(warehouse, name, f"_stage_{name}", result.files or [result.source])
+    _quarantine(warehouse, erased, load_id, result)
+    counts.quarantined += len(erased)
     reject = partial(_set_rejects, warehouse, name, load_id, result)
     stage = warehouse.table(f"_stage_{name}")
     ranked = stage.mutate(

@@ -43,7 +43,7 @@ from nextbest.decide.rounding import round_allocation
 from nextbest.errors import InfeasibleError
 from nextbest.progress import NullReporter, Reporter
 
-__all__ = ["DayPlan", "build_problem", "plan_day"]
+__all__ = ["DayPlan", "build_problem", "levers", "plan_day", "value_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class DayPlan:
         return {b: v.tolist() for b, v in self.problem.prices(self.allocation.duals).items()}
 
 
-def _levers(spec: CampaignFile, offers: pd.DataFrame) -> np.ndarray:
+def levers(spec: CampaignFile, offers: pd.DataFrame) -> np.ndarray:
     lv = spec.campaign.levers
     return np.array(
         [
@@ -78,6 +78,50 @@ def _levers(spec: CampaignFile, offers: pd.DataFrame) -> np.ndarray:
             for oid, cat, brand in zip(offers.offer_id, offers.category, offers.brand, strict=True)
         ]
     )
+
+
+def value_parts(
+    spec: CampaignFile,
+    offers: pd.DataFrame,
+    p_buy: np.ndarray,
+    position_weight: float,
+    lever: np.ndarray,
+    *,
+    effect: np.ndarray | None = None,
+    order_value: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The value of every pair (``n x m``) and its parts: ``(buy, gross, cost, value)``.
+
+    ``buy = w x P(buy)`` (``w`` the average position weight), ``cost = unit cost + buy x
+    redemption cost``; ``value = lever x buy x margin - cost`` (profit), ``lever x buy``
+    (conversions), ``lever x buy x order value`` (revenue), or, for incremental margin,
+    ``lever x w x effect x appeal / slots x margin - cost`` with ``appeal`` the pair's purchase
+    probability against the customer's average. The batch and the real-time service both use it.
+    """
+    c = spec.campaign
+    m = len(offers)
+    margin = offers.margin.fillna(0).to_numpy(np.float64)
+    unit_cost = offers.unit_cost.fillna(0).to_numpy(np.float64)
+    redemption = offers.redemption_cost.to_numpy(np.float64)
+    buy = position_weight * p_buy
+    cost = unit_cost[None, :] + buy * redemption[None, :]
+    if c.objective == "profit":
+        gross = lever * buy * margin
+        value = gross - cost
+    elif c.objective == "conversions":
+        gross = lever * buy
+        value = gross
+    elif c.objective == "revenue":
+        aov = order_value if order_value is not None else np.full(m, 1.0)
+        gross = lever * buy * aov
+        value = gross
+    else:  # incremental_margin
+        if effect is None:
+            raise ValueError("incremental_margin needs the uplift model's effect per customer")
+        appeal = p_buy / np.maximum(1e-12, p_buy.mean(axis=1, keepdims=True))
+        gross = lever * position_weight * effect[:, None] * appeal / c.slots * margin
+        value = gross - cost
+    return buy, gross, cost, value
 
 
 def build_problem(
@@ -96,28 +140,10 @@ def build_problem(
     offers = inputs.offers
     n, m = inputs.p_buy.shape
     w = float(np.mean(inputs.position_weights)) if inputs.position_weights else 1.0
-    lever = _levers(spec, offers)
-    margin = offers.margin.fillna(0).to_numpy(np.float64)
-    unit_cost = offers.unit_cost.fillna(0).to_numpy(np.float64)
-    redemption = offers.redemption_cost.to_numpy(np.float64)
-    buy = w * inputs.p_buy
-    cost = unit_cost[None, :] + buy * redemption[None, :]
-    if c.objective == "profit":
-        gross = lever * buy * margin
-        value = gross - cost
-    elif c.objective == "conversions":
-        gross = lever * buy
-        value = gross
-    elif c.objective == "revenue":
-        aov = order_value if order_value is not None else np.full(m, 1.0)
-        gross = lever * buy * aov
-        value = gross
-    else:  # incremental_margin
-        if effect is None:
-            raise ValueError("incremental_margin needs the uplift model's effect per customer")
-        appeal = inputs.p_buy / np.maximum(1e-12, inputs.p_buy.mean(axis=1, keepdims=True))
-        gross = lever * w * effect[:, None] * appeal / c.slots * margin
-        value = gross - cost
+    lever = levers(spec, offers)
+    buy, gross, cost, value = value_parts(
+        spec, offers, inputs.p_buy, w, lever, effect=effect, order_value=order_value
+    )
     couplings = _couplings(spec, offers, buy)
     brands = offers.brand.fillna("").astype(str).to_numpy()
     group = np.unique(brands, return_inverse=True)[1]

@@ -41,7 +41,17 @@ from nextbest.features.decision_features import RESPONSES
 from nextbest.models.store import ModelStore
 from nextbest.progress import NullReporter, Reporter
 
-__all__ = ["DayInputs", "day_inputs", "holdout_mask", "send_time"]
+__all__ = [
+    "DayInputs",
+    "click_to_purchase",
+    "day_inputs",
+    "holdout_mask",
+    "open_offers",
+    "position_weights",
+    "send_time",
+    "units_sold",
+    "with_settings",
+]
 
 _PRIOR_CLICKS = 50.0
 _PER_OFFER = ("offer_", "aff_", "pop_")  # feature columns that differ between offers
@@ -82,7 +92,7 @@ def holdout_mask(customer_ids: np.ndarray, experiment: str, salt: str, share: fl
     return hash_position(customer_ids, experiment, salt) < share
 
 
-def _open_offers(warehouse: Warehouse, spec: CampaignFile, at: datetime) -> pd.DataFrame:
+def open_offers(warehouse: Warehouse, spec: CampaignFile, at: datetime) -> pd.DataFrame:
     t = warehouse.table("offers")
     ts = ibis.literal(at, type="timestamp('UTC')")
     t = t.filter(
@@ -98,13 +108,21 @@ def _open_offers(warehouse: Warehouse, spec: CampaignFile, at: datetime) -> pd.D
             f"offers.{unknown[0]}: no such offer in the warehouse ({len(unknown)} unknown: "
             f"{', '.join(unknown[:5])}); load it first or fix the id"
         )
-    keep = [not (s := spec.offers.get(o)) or not s.exclude for o in offers.offer_id]
-    offers = offers[keep].reset_index(drop=True)
+    offers = with_settings(spec, offers)
     if offers.empty:
         raise DataError(
             f"no offer is open on {spec.campaign.channel} at {at:%Y-%m-%d %H:%M} UTC; load "
             "offers whose start_ts..end_ts covers the send time, or choose another --date"
         )
+    return offers
+
+
+def with_settings(spec: CampaignFile, offers: pd.DataFrame) -> pd.DataFrame:
+    """``offers`` less those the campaign excludes, with its per-offer settings: ``stock``
+    (else the capacity), ``budget``, ``redemption_cost`` and ``rule`` (else the offer's own
+    eligibility)."""
+    keep = [not (s := spec.offers.get(o)) or not s.exclude for o in offers.offer_id]
+    offers = offers[keep].reset_index(drop=True)
     settings = [spec.offers.get(o) for o in offers.offer_id]
     capacity = offers.capacity.astype("float64")
     offers["stock"] = [
@@ -120,7 +138,7 @@ def _open_offers(warehouse: Warehouse, spec: CampaignFile, at: datetime) -> pd.D
     return offers
 
 
-def _sold(warehouse: Warehouse, offer_ids: list[str], before: datetime) -> np.ndarray:
+def units_sold(warehouse: Warehouse, offer_ids: list[str], before: datetime) -> np.ndarray:
     ev = warehouse.table("events")
     ts = ibis.literal(before, type="timestamp('UTC')")
     ev = ev.filter(ev.type == "purchase", ev.offer_id.isin(offer_ids), ev.ts < ts)
@@ -129,7 +147,7 @@ def _sold(warehouse: Warehouse, offer_ids: list[str], before: datetime) -> np.nd
     return np.array([float(units.get(o, 0.0)) for o in offer_ids])
 
 
-def _conversion(warehouse: Warehouse, offers: pd.DataFrame, before: datetime) -> np.ndarray:
+def click_to_purchase(warehouse: Warehouse, offers: pd.DataFrame, before: datetime) -> np.ndarray:
     """Per offer, P(purchase | click): its category's logged rate, shrunk to the overall one."""
     ev = warehouse.table("events")
     ts = ibis.literal(before, type="timestamp('UTC')")
@@ -165,8 +183,8 @@ def day_inputs(
     c = spec.campaign
     at = send_time(day, c.send_time)
     as_of = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    offers = _open_offers(warehouse, spec, at)
-    offers["sold"] = _sold(warehouse, list(offers.offer_id), as_of)
+    offers = open_offers(warehouse, spec, at)
+    offers["sold"] = units_sold(warehouse, list(offers.offer_id), as_of)
     ts = ibis.literal(at, type="timestamp('UTC')")
     cust = warehouse.table("customers")
     cust = cust.filter(cust.signup_ts.isnull() | (cust.signup_ts < ts))
@@ -248,8 +266,10 @@ def day_inputs(
     scored = None if customer_ids is not None else np.flatnonzero(eligible.any(axis=1) & ~holdout)
     p = scorer.score(model, rows=scored, reporter=reporter)
     response = str(manifest.params.get("response", "click"))
-    weights = list(c.position_weights[: c.slots]) or _position_weights(model, scorer, c.slots)
-    p_buy = p if response == "purchase" else p * _conversion(warehouse, offers, as_of)[None, :]
+    weights = list(c.position_weights[: c.slots]) or position_weights(model, scorer, c.slots)
+    p_buy = (
+        p if response == "purchase" else p * click_to_purchase(warehouse, offers, as_of)[None, :]
+    )
     slots = np.where(holdout, 0, c.slots).astype(np.int64)
     return DayInputs(
         send_ts=at,
@@ -272,7 +292,7 @@ def day_inputs(
     )
 
 
-def _position_weights(model: Any, scorer: PairScorer, slots: int) -> list[float]:
+def position_weights(model: Any, scorer: PairScorer, slots: int) -> list[float]:
     """The model's response in slot j relative to slot 1, on a sample of the day's pairs."""
     if "slot" not in model.features_:
         return [1.0] * slots
