@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -154,6 +155,33 @@ def test_cart_then_store_within_a_second(server: Server) -> None:
     body = profile.json()
     assert body["cart"] == ["P-BAG"]
     assert [d["offer_id"] for d in body["recent_decisions"]][:1] == ["CART10"]
+
+
+def test_sync_takes_the_service_events_and_decisions_into_the_warehouse(server: Server) -> None:
+    got = subprocess.run(
+        [sys.executable, "-m", "nextbest", "sync", "--workspace", str(server.root), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert got.returncode == 0, got.stderr
+    body = json.loads(got.stdout)
+    assert body["tables"]["events"]["loaded"] >= 1 and not body["failed"]
+    ws = Workspace.open(server.root)
+    try:
+        ev = ws.warehouse.table("events")
+        assert ev.filter(ev.event_id == "http-cart-1").count().execute() == 1
+        dec = ws.warehouse.table("decisions")
+        assert dec.filter(dec.decision_id.startswith("store-app:rt:")).count().execute() >= 1
+    finally:
+        ws.close()
+    again = subprocess.run(
+        [sys.executable, "-m", "nextbest", "sync", "--workspace", str(server.root), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert json.loads(again.stdout)["tables"].get("events", {"loaded": 0})["loaded"] == 0
 
 
 def test_contact_limit_holds_across_concurrent_requests_and_workers(server: Server) -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from nextbest.errors import ConfigError
 from nextbest.serve.personalizer import Personalizer, personalizer_router
-from nextbest.serve.personalizer_model import flatten
+from nextbest.serve.personalizer_schemas import flatten
 
 PREFIX = "/personalizer/v1.0"
 SEGMENTS = ["gold", "silver", "bronze", "new"]

@@ -20,10 +20,9 @@ import nextbest.cli.keys  # noqa: F401 - registers `nextbest keys`
 from nextbest.cli.main import app as cli
 from nextbest.data.workspace import Workspace
 from nextbest.errors import ConfigError, DataError
+from nextbest.serve.errors import BodyLimitMiddleware, ErrorBody
 from nextbest.serve.security import (
     ERROR_RESPONSES,
-    BodyLimitMiddleware,
-    ErrorBody,
     KeyInfo,
     KeyStore,
     RateLimiter,
@@ -400,7 +399,7 @@ def test_nextbest_errors_map_to_4xx(client: TestClient) -> None:
 def test_a_bug_is_a_500_logged_without_personal_data(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="nextbest.serve.security"):
+    with caplog.at_level(logging.ERROR, logger="nextbest.serve.errors"):
         got = client.post("/boom/cust-4711", json={"email": "jane@example.com"})
     body = error(got, 500, "internal_error")
     assert body["message"] == "internal error" and len(body["request_id"]) == 32

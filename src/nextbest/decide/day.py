@@ -121,8 +121,8 @@ def with_settings(spec: CampaignFile, offers: pd.DataFrame) -> pd.DataFrame:
     """``offers`` less those the campaign excludes, with its per-offer settings: ``stock``
     (else the capacity), ``budget``, ``redemption_cost`` and ``rule`` (else the offer's own
     eligibility)."""
-    keep = [not (s := spec.offers.get(o)) or not s.exclude for o in offers.offer_id]
-    offers = offers[keep].reset_index(drop=True)
+    keep = np.array([not (s := spec.offers.get(o)) or not s.exclude for o in offers.offer_id])
+    offers = offers.loc[keep.astype(bool)].reset_index(drop=True)
     settings = [spec.offers.get(o) for o in offers.offer_id]
     capacity = offers.capacity.astype("float64")
     offers["stock"] = [

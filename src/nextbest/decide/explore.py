@@ -60,7 +60,7 @@ from nextbest.data.warehouse import Warehouse
 from nextbest.errors import ConfigError
 from nextbest.features.decision_features import RESPONSES
 
-__all__ = ["METHODS", "Exploration", "explore", "offer_posteriors"]
+__all__ = ["METHODS", "Exploration", "explore", "offer_posteriors", "thompson_table"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def explore(
     novel: np.ndarray | None = None,
     novelty_share: float = 0.0,
     grid: int = 256,
+    table: np.ndarray | None = None,
 ) -> Exploration:
     """Replace a share of the optimiser's slots by exploration draws, logging propensities.
 
@@ -114,6 +115,8 @@ def explore(
     novel : n x m bool, offers new to the customer; None for none.
     novelty_share : share of exploration draws restricted to the customer's novel candidates.
     grid : quadrature points for the Thompson probabilities.
+    table : the posterior's :func:`thompson_table`, when built once for many calls (the
+        real-time service); built here otherwise.
 
     Returns
     -------
@@ -127,9 +130,8 @@ def explore(
     out = slates.copy()
     propensity = np.zeros((n, k))
     explored = np.zeros((n, k), dtype=bool)
-    table = None
-    if method == "thompson" and share > 0 and posterior is not None:
-        table = _thompson_table(*posterior, int(grid))
+    if method == "thompson" and share > 0 and posterior is not None and table is None:
+        table = thompson_table(*posterior, int(grid))
     for start in range(0, n, _CHUNK):  # a loop over chunks of customers
         rows = slice(start, min(n, start + _CHUNK))
         _explore_chunk(
@@ -236,8 +238,9 @@ def _q(offers: np.ndarray, masks: np.ndarray, table: np.ndarray | None) -> np.nd
     return q
 
 
-def _thompson_table(alpha: np.ndarray, beta: np.ndarray, grid: int) -> np.ndarray:
-    """``table[o, i, g] = log F_i(F_o^{-1}(u_g))``, with ``table[o, o] = 0`` (not a rival)."""
+def thompson_table(alpha: np.ndarray, beta: np.ndarray, grid: int) -> np.ndarray:
+    """``table[o, i, g] = log F_i(F_o^{-1}(u_g))``, with ``table[o, o] = 0`` (not a rival):
+    what Thompson sampling's probabilities are computed from (m x m x grid betainc calls)."""
     u = (np.arange(grid) + 0.5) / grid
     points = special.betaincinv(alpha[:, None], beta[:, None], u[None, :])  # m x grid
     m = len(alpha)

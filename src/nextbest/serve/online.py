@@ -33,6 +33,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from nextbest.decide.batch import levers, value_parts
 from nextbest.decide.campaign import CampaignFile, load_campaign, parse_campaign
 from nextbest.decide.contact import CONSENT_CHANNELS, ContactState
 from nextbest.decide.day import with_settings
-from nextbest.decide.explore import explore
+from nextbest.decide.explore import explore, thompson_table
 from nextbest.decide.rules import Rule, compile_rule
 from nextbest.errors import ConfigError, DataError
 from nextbest.serve.schemas import DecideRequest, DecideResponse, RankedOffer
@@ -55,6 +56,7 @@ __all__ = ["OnlineDecider", "ServingCampaign", "UnknownCustomer", "serving_campa
 
 _SUPPORTED = ("profit", "conversions")
 _DEFAULT_CHANNELS = ("web", "app", "store")
+_ARM_CACHE = 1_000_000  # customers' arms kept in memory (about 150 MB at the most)
 _NAT = np.datetime64("NaT", "us")
 
 
@@ -90,10 +92,22 @@ class ServingCampaign:
     prices: dict[str, np.ndarray]  # basis -> per offer, the batch's price (0 if not priced)
     weight: float  # the average position weight
     rules: list[tuple[Rule, np.ndarray | None]]  # rule, the offers it covers (None: all)
+    thompson: np.ndarray | None = None  # the posterior's table, built once (not per request)
 
     @property
     def name(self) -> str:
         return self.spec.campaign.name
+
+    @cached_property
+    def col(self) -> dict[str, np.ndarray]:
+        """The offers' columns as arrays (a request reads them, never the frame)."""
+        out = {c: self.offers[c].to_numpy() for c in self.offers.columns}
+        for c in ("start_ts", "end_ts"):
+            t = pd.to_datetime(self.offers[c], utc=True)
+            out[c] = t.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+        out["brand_text"] = self.offers.brand.fillna("").astype(str).to_numpy()
+        out["ids"] = self.offers.offer_id.astype(str).to_numpy()
+        return out
 
 
 def _serving_campaign(spec: CampaignFile, snap: Snapshot) -> ServingCampaign:
@@ -122,8 +136,13 @@ def _serving_campaign(spec: CampaignFile, snap: Snapshot) -> ServingCampaign:
     for j, (text, oid) in enumerate(zip(offers.rule, offers.offer_id, strict=True)):
         if isinstance(text, str) and text:
             rules.append((compile_rule(text, where=f"offers.{oid}.eligibility"), np.array([j])))
+    x = c.exploration
+    table = None
+    if x.share > 0 and x.method == "thompson" and len(offers):
+        post = (offers.posterior_alpha.to_numpy(), offers.posterior_beta.to_numpy())
+        table = thompson_table(*post, 256)
     return ServingCampaign(
-        spec, index, offers, levers(spec, offers), prices, float(np.mean(weights)), rules
+        spec, index, offers, levers(spec, offers), prices, float(np.mean(weights)), rules, table
     )
 
 
@@ -135,7 +154,10 @@ class OnlineDecider:
     ) -> None:
         self.snapshot = snapshot
         self.model = model
+        if hasattr(model, "n_jobs"):  # tens of rows: threads cost more than they give
+            model.n_jobs = 1
         self.store = store
+        self._arms: dict[tuple[str, str], str] = {}
         self.campaigns = {s.campaign.name: _serving_campaign(s, snapshot) for s in campaigns}
         names = list(model.features_)
         snap = snapshot
@@ -223,20 +245,35 @@ class OnlineDecider:
 
     def _rule_values(self, camp: ServingCampaign, row: int, X: np.ndarray, ctx: dict) -> dict:
         profile = self.snapshot.profile(row)
-        offers = camp.offers
         names = list(self.model.features_)
         values: dict[str, Any] = {}
         for rule, _ in camp.rules:
             for name in rule.names:
                 if name in ctx:
                     values[name] = ctx[name]
-                elif name in offers.columns:
-                    values[name] = offers[name].to_numpy()
+                elif name in camp.col:
+                    values[name] = camp.col[name]
                 elif name in profile:
                     values[name] = np.array([profile[name]], dtype=object)
                 elif name.startswith("aff_") and name in names:
                     values[name] = X[:, names.index(name)].astype(np.float64)
         return values
+
+    def _arm(self, camp: ServingCampaign, customer_id: str) -> str | None:
+        """The customer's arm of the campaign's experiment (hashing a single id costs a
+        millisecond in pandas: kept per customer, as it never changes)."""
+        e = camp.spec.campaign.experiment
+        if e is None:
+            return None
+        key = (camp.name, customer_id)
+        got = self._arms.get(key)
+        if got is None:
+            ids = np.array([customer_id], dtype=object)
+            got = str(assign(ids, e.name, e.salt, e.weights(), names=True)[0])
+            if len(self._arms) >= _ARM_CACHE:
+                self._arms.clear()
+            self._arms[key] = got
+        return got
 
     # -- the decision -------------------------------------------------------------------------
     def campaign_for(self, req: DecideRequest) -> ServingCampaign:
@@ -272,17 +309,16 @@ class OnlineDecider:
         ctx = self._context(req, at, cart, row)
         offers = camp.offers
         m = len(offers)
-        start = offers.start_ts.isna() | (offers.start_ts <= pd.Timestamp(at))
-        end = offers.end_ts.isna() | (offers.end_ts > pd.Timestamp(at))
-        eligible = np.array(start & end, dtype=bool)
+        col = camp.col
+        moment = np.datetime64(at.replace(tzinfo=None), "us")
+        start, end = col["start_ts"], col["end_ts"]
+        eligible = (np.isnat(start) | (start <= moment)) & (np.isnat(end) | (end > moment))
         reasons: list[str] = []
         if not eligible.any():
             reasons.append(f"no offer of campaign {c.name} is open on {c.channel} now")
         online = self.store.offer_units()
-        sold = offers.sold.to_numpy(np.float64) + np.array(
-            [online.get(o, 0.0) for o in offers.offer_id]
-        )
-        stock = offers.stock.to_numpy(np.float64)
+        sold = col["sold"].astype(np.float64) + np.array([online.get(o, 0.0) for o in col["ids"]])
+        stock = col["stock"].astype(np.float64)
         in_stock = np.isnan(stock) | (stock - sold > 0)
         if (eligible & ~in_stock).any():
             reasons.append(f"{int((eligible & ~in_stock).sum())} offer(s) out of stock")
@@ -296,7 +332,7 @@ class OnlineDecider:
                 reasons.append(f"rule {rule.source!r} excluded {int((eligible & ~mask).sum())}")
             eligible &= mask
         p = self.model.predict_proba_matrix(X)[:, 1]
-        conversion = offers.click_to_purchase.to_numpy(np.float64)
+        conversion = col["click_to_purchase"].astype(np.float64)
         p_buy = p if self.snapshot.meta["response"] == "purchase" else p * conversion
         buy, gross, cost, value = value_parts(
             spec=camp.spec,
@@ -311,18 +347,7 @@ class OnlineDecider:
             shadow += price * {"units": buy, "cost": cost}.get(basis, np.ones(m))
         score = value - shadow
         novel = self._novel(row, camp.index)
-        arm = None
-        if c.experiment is not None:
-            e = c.experiment
-            arm = str(
-                assign(
-                    np.array([req.customer_id], dtype=object),
-                    e.name,
-                    e.salt,
-                    e.weights(),
-                    names=True,
-                )[0]
-            )
+        arm = self._arm(camp, req.customer_id)
         held_out = arm == "holdout"
         k = min(req.count, c.slots) if req.campaign else req.count
         day = at.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -339,7 +364,7 @@ class OnlineDecider:
             if held_out:
                 reasons.append(f"in the holdout of experiment {c.experiment.name}")  # type: ignore[union-attr]
                 return [self._control_row(camp, request_id, req, at, arm)]
-            ok = eligible & state.offer_allowed(list(offers.offer_id))[0]
+            ok = eligible & state.offer_allowed(list(col["ids"]))[0]
             if (eligible & ~ok).any():
                 reasons.append("offers shown the most times allowed were left out")
             slate = self._slate(camp, ok & (score > 0), score, k)
@@ -348,7 +373,7 @@ class OnlineDecider:
             x = c.exploration
             if x.share > 0 and (slate >= 0).any():
                 rng = np.random.default_rng(int(request_id[:16], 16))
-                post = (offers.posterior_alpha.to_numpy(), offers.posterior_beta.to_numpy())
+                post = (col["posterior_alpha"], col["posterior_beta"])
                 ex = explore(
                     slate[None, :],
                     ok[None, :],
@@ -358,6 +383,7 @@ class OnlineDecider:
                     posterior=post,
                     novel=novel[None, :],
                     novelty_share=x.novelty_share,
+                    table=camp.thompson,
                 )
                 slate, prop, explored = ex.slates[0], ex.propensity[0], ex.explored[0]
             if not (slate >= 0).any():
@@ -380,7 +406,7 @@ class OnlineDecider:
                         decision_id=f"{c.name}:rt:{request_id}:{rank + 1}",
                         ts=at,
                         customer_id=req.customer_id,
-                        offer_id=str(offers.offer_id.iloc[j]),
+                        offer_id=str(col["ids"][j]),
                         channel=c.channel,
                         slot=rank + 1,
                         policy=f"{c.name}/realtime",
@@ -436,7 +462,7 @@ class OnlineDecider:
                 unsub[c][0] = since
         today = (int(snap.sent_today[ch][row]) if same_day else 0) + counts.today
         week = int(snap.sent_week[ch][row]) + counts.week
-        offer_ids = tuple(str(o) for o in camp.offers.offer_id)
+        offer_ids = tuple(camp.col["ids"])
         shown = snap.impressions_of(row)
         impressions = np.array(
             [[shown.get(o, 0) + counts.impressions.get(o, 0) for o in offer_ids]], dtype=np.int32
@@ -459,7 +485,7 @@ class OnlineDecider:
     ) -> np.ndarray:
         """The best ``k`` eligible offers by score, at most ``max_per_brand`` per brand."""
         cap = camp.spec.campaign.max_per_brand
-        brands = camp.offers.brand.fillna("").astype(str).to_numpy()
+        brands = camp.col["brand_text"]
         slate = np.full(k, -1, dtype=np.int64)
         used: dict[str, int] = {}
         filled = 0
@@ -506,8 +532,7 @@ class OnlineDecider:
         value: np.ndarray,
         shadow: np.ndarray,
     ) -> RankedOffer:
-        offers = camp.offers
-        j = int(np.flatnonzero(offers.offer_id.to_numpy() == r.offer_id)[0])
+        j = int(np.flatnonzero(camp.col["ids"] == r.offer_id)[0])
         raw = r.score_parts
         parts = (
             dict(raw) if raw is not None and not isinstance(raw, str) else json.loads(raw or "{}")
@@ -522,7 +547,7 @@ class OnlineDecider:
             why += "; a brand new to the customer"
 
         def text(col: str) -> str | None:
-            v = offers[col].iloc[j]
+            v = camp.col[col][j]
             return None if pd.isna(v) else str(v)
 
         return RankedOffer(

@@ -2,8 +2,11 @@
 
 The wire format is Personalizer's REST API v1.0 (``/rank``, ``/events/{eventId}/reward``,
 ``/events/{eventId}/activate``) plus the multi-slot calls of its later previews
-(``/multislot/...``); the learner (:mod:`nextbest.serve.personalizer_model`) is Personalizer's
-Vowpal Wabbit setting, ``--cb_explore_adf --epsilon 0.2`` with context x action interactions.
+(``/multislot/...``), in :mod:`nextbest.serve.personalizer_schemas`; the learner
+(:mod:`nextbest.serve.personalizer_model`) is Personalizer's Vowpal Wabbit setting,
+``--cb_explore_adf --epsilon 0.2`` with context x action interactions, kept in step across
+worker processes through the shared SQLite file. This module holds the service,
+:class:`Personalizer`, and its routes, :func:`personalizer_router`.
 
 Behaviour worth knowing, where Personalizer left a choice:
 
@@ -21,103 +24,44 @@ Behaviour worth knowing, where Personalizer left a choice:
   in the ranking with probability 0.
 * Bad requests are 400 (as Personalizer answered, not FastAPI's 422) with the service's error
   body naming each field; unknown events are 404.
-
-State lives in the shared SQLite file: ``pz_events`` (one row per event and slot), ``pz_learn``
-(the order events became learnable in, one global sequence) and ``pz_model`` (a checkpoint).
-Every process keeps its weights in memory and, before ranking, learns the ``pz_learn`` rows past
-its watermark, in sequence order; the same updates in the same order give bit-identical weights,
-so every worker converges to the same model. A checkpoint is written every ``checkpoint_every``
-learned events, so a restart replays only the tail.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures at runtime,
 # including aliases local to personalizer_router.
 import json
-import logging
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from nextbest.errors import ConfigError
-from nextbest.serve.personalizer_model import (
-    ErrorBody,
-    LinearCB,
+from nextbest.serve.errors import ErrorBody
+from nextbest.serve.personalizer_model import SharedLearner, decide, queue_learning
+from nextbest.serve.personalizer_schemas import (
     MultiSlotRankRequest,
     MultiSlotRankResponse,
     MultiSlotRewardRequest,
     PersonalizerError,
+    PersonalizerRoute,
     RankedAction,
     RankRequest,
     RankResponse,
     RewardRequest,
     SlotResponse,
-    action_features,
     check_actions,
     check_excluded,
     check_slots,
-    context_features,
-    decide,
     fingerprint,
     parse,
-    validation_error,
 )
 
 __all__ = ["Personalizer", "PersonalizerError", "personalizer_router"]
-
-logger = logging.getLogger(__name__)
-_BATCH = 2_000  # pz_learn rows read at a time
-_LEARNABLE = (
-    "SELECT l.seq, e.features, e.chosen, e.chosen_probability, e.reward FROM pz_learn l "
-    "JOIN pz_events e USING (event_id, slot_id) WHERE l.seq > ? ORDER BY l.seq LIMIT ?"
-)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pz_events (
-    event_id TEXT NOT NULL,
-    slot_id TEXT NOT NULL,            -- '' for a single-slot rank
-    slot_pos INTEGER NOT NULL,
-    ts REAL NOT NULL,                 -- rank time, epoch seconds
-    request_hash TEXT NOT NULL,       -- a retry with the same body gets the same answer
-    features TEXT NOT NULL,           -- {"context", "slot", "actions": the eligible ones}
-    action_ids TEXT NOT NULL,         -- the ranking, JSON
-    probabilities TEXT NOT NULL,      -- aligned with action_ids, JSON
-    chosen TEXT NOT NULL,
-    chosen_probability REAL NOT NULL,
-    activated INTEGER NOT NULL,
-    activated_ts REAL,
-    reward REAL,
-    rewarded_ts REAL,
-    default_reward INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (event_id, slot_id)
-);
-CREATE INDEX IF NOT EXISTS pz_events_due ON pz_events (activated_ts)
-    WHERE reward IS NULL AND activated = 1;
-CREATE TABLE IF NOT EXISTS pz_learn (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    slot_id TEXT NOT NULL,
-    UNIQUE (event_id, slot_id)
-);
-CREATE TABLE IF NOT EXISTS pz_model (
-    name TEXT PRIMARY KEY,
-    config TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    state BLOB NOT NULL
-);
-"""
 
 
 _INSERT = (
@@ -138,17 +82,12 @@ def _decision(slot_id: str, ranking: str, probabilities: str, chosen: str) -> di
     return {"slot_id": slot_id, "chosen": chosen, **loaded}
 
 
-def _learnable(conn: sqlite3.Connection, key: tuple[str, str]) -> None:
-    """Queue an (event, slot) for learning: the one global order every worker learns in."""
-    conn.execute("INSERT OR IGNORE INTO pz_learn (event_id, slot_id) VALUES (?, ?)", key)
-
-
 def _not_found(event_id: str, kind: str = "") -> PersonalizerError:
     message = f"no {kind}event with eventId {event_id!r}: rank it first"
     return PersonalizerError(404, "not_found", message, [])
 
 
-class Personalizer:
+class Personalizer(SharedLearner):
     """Rank, reward and activate, with the learner kept in step with the shared SQLite file.
 
     Parameters
@@ -193,74 +132,19 @@ class Personalizer:
         for name, value, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"Personalizer {name} must be {expected}, got {value!r}")
-        self.db_path = Path(db_path)
+        super().__init__(
+            db_path,
+            learning_rate=learning_rate,
+            hash_bits=hash_bits,
+            hash_seed=hash_seed,
+            checkpoint_every=checkpoint_every,
+            clock=clock,
+        )
         self.exploration = exploration
         self.reward_wait = reward_wait
         self.default_reward = default_reward
-        self.checkpoint_every = checkpoint_every
-        self.clock = clock
-        self.model_ = LinearCB(hash_bits, learning_rate, hash_seed)
-        self.seq_ = 0  # the watermark: every pz_learn row up to it is in the weights
-        self.checkpoint_seq_ = 0
-        self._lock = threading.RLock()
-        self._local = threading.local()
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._write(lambda conn: [conn.execute(s) for s in _SCHEMA.split(";") if s.strip()])
-        self._load_checkpoint()
 
-    # -- storage -------------------------------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection, in autocommit mode (writes open ``BEGIN IMMEDIATE``)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
-            self._local.conn = conn
-        return conn
-
-    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
-
-    def close(self) -> None:
-        """Close the calling thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    # -- learning ------------------------------------------------------------------------------
-
-    def _load_checkpoint(self) -> None:
-        sql = "SELECT config, seq, state FROM pz_model WHERE name = 'default'"
-        found = self._db().execute(sql).fetchone()
-        if found is None or found[0] != self.model_.config():
-            return
-        self.model_.load_state(found[2])
-        self.seq_ = self.checkpoint_seq_ = int(found[1])
-        logger.info("personalizer: checkpoint loaded at learned event %d", self.seq_)
-
-    def _save_checkpoint(self) -> None:
-        state, seq = self.model_.state(), self.seq_
-        self._db().execute(
-            "INSERT INTO pz_model (name, config, seq, ts, state) VALUES ('default', ?, ?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET config = excluded.config, seq = excluded.seq, "
-            "ts = excluded.ts, state = excluded.state "
-            "WHERE excluded.seq > pz_model.seq OR excluded.config != pz_model.config",
-            (self.model_.config(), seq, self.clock(), state),
-        )
-        self.checkpoint_seq_ = seq
-        logger.info("personalizer: checkpoint at learned event %d (%d bytes)", seq, len(state))
+    # -- default rewards and learning ----------------------------------------------------------
 
     @staticmethod
     def _set_reward(
@@ -273,7 +157,7 @@ class Personalizer:
             (value, now, int(default), *key),
         )
         if learnable:
-            _learnable(conn, key)
+            queue_learning(conn, key)
 
     def _apply_default_rewards(self, now: float) -> int:
         """Give ``default_reward`` to activated events whose wait is over; returns how many."""
@@ -301,28 +185,7 @@ class Personalizer:
             How many events this call learned.
         """
         self._apply_default_rewards(self.clock())
-        learned = 0
-        with self._lock:
-            while True:
-                rows = self._db().execute(_LEARNABLE, (self.seq_, _BATCH)).fetchall()
-                for seq, features, chosen, probability, reward in rows:
-                    stored = json.loads(features)
-                    context = context_features(stored["context"], stored["slot"], "stored")
-                    action = next(a for a in stored["actions"] if a["id"] == chosen)
-                    x = self.model_.cross(context, action_features(action, "stored"))
-                    self.model_.learn(x, float(reward), 1.0 / float(probability))
-                    self.seq_ = int(seq)
-                learned += len(rows)
-                if self.seq_ - self.checkpoint_seq_ >= self.checkpoint_every:
-                    self._save_checkpoint()
-                if len(rows) < _BATCH:
-                    return learned
-
-    @property
-    def weights(self) -> np.ndarray:
-        """A copy of the regression weights (one per hash bucket)."""
-        with self._lock:
-            return self.model_.weights_.copy()
+        return self.catch_up()
 
     # -- rank ----------------------------------------------------------------------------------
 
@@ -511,37 +374,12 @@ class Personalizer:
                     (now, event_id, slot_id),
                 )
                 if reward is not None:
-                    _learnable(conn, (event_id, slot_id))
+                    queue_learning(conn, (event_id, slot_id))
 
         self._write(work)
 
 
-# -- HTTP ----------------------------------------------------------------------------------------
-
-
-class _PersonalizerRoute(APIRoute):
-    """Answers this router's bad requests itself, with 400 and the shared error body.
-
-    (Personalizer answered 400 where FastAPI would say 422; and the body names each field.)
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                error = validation_error(exc.errors())
-            except PersonalizerError as exc:
-                error = exc
-            except HTTPException as exc:  # FastAPI's "error parsing the body" (not UTF-8 JSON)
-                if exc.status_code != 400:
-                    raise  # auth's 401 and 403 are the app's to answer
-                error = PersonalizerError.invalid("body", "a JSON body", "unreadable bytes")
-            return JSONResponse(error.body(), status_code=error.status)
-
-        return route
+# -- HTTP -------------------------------------------------------------------------------------
 
 
 def personalizer_router(
@@ -557,7 +395,7 @@ def personalizer_router(
         ``auth(scope)`` returns a FastAPI dependency that admits callers with that scope: rank
         needs ``"decide"``, reward and activate ``"events"``.
     """
-    router = APIRouter(route_class=_PersonalizerRoute, tags=["personalizer"])
+    router = APIRouter(route_class=PersonalizerRoute, tags=["personalizer"])
     decide_scope, events_scope = [Depends(auth("decide"))], [Depends(auth("events"))]
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorBody, "description": "Invalid request: the body names the field"},

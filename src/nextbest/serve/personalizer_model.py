@@ -1,14 +1,9 @@
-"""The Personalizer-compatible API's models: its wire schemas and the learner behind it.
+"""The Personalizer-compatible API's learner, and the shared log that keeps every process in step.
 
-The schemas are Azure Personalizer's REST bodies (camelCase, unknown fields refused). The
-learner follows what Azure Personalizer ran, Vowpal Wabbit's ``--cb_explore_adf --epsilon 0.2``
-with quadratic interactions between the context and the actions:
+The learner follows what Azure Personalizer ran, Vowpal Wabbit's ``--cb_explore_adf --epsilon
+0.2`` with quadratic interactions between the context and the actions, over the features of
+:func:`~nextbest.serve.personalizer_schemas.flatten`:
 
-* **Features.** A list of feature objects is flattened (:func:`flatten`): text becomes
-  ``"ns.key=value"`` with the value 1, a number becomes ``"ns.key"`` with the number, ``true``
-  becomes ``"ns.key"`` with 1 (``false`` and ``null`` add nothing), nested objects extend the
-  name with ``.``, arrays of numbers are indexed (``"ns.key[0]"``). Each action also gets an
-  implicit ``_action.id=<id>`` feature, so actions that share features can still be told apart.
 * **Hashing.** Names are hashed with keyed BLAKE2b (a fixed seed, stable across processes,
   unlike :func:`hash`) into ``2**bits`` buckets. Context features and action features, each
   with a constant added, are crossed: every pair (context x action) gets a bucket, so the crossed
@@ -25,393 +20,59 @@ with quadratic interactions between the context and the actions:
   the others ``eps/k``; the draw is seeded from a hash of the event id (and slot id), so the same
   event and model give the same choice.
 
-Everything is plain numpy and deterministic: the same sequence of updates gives bit-identical
-weights in every process, which is what lets several workers share one event log.
+The learner is plain numpy and deterministic: the same sequence of updates gives bit-identical
+weights in every process. :class:`SharedLearner` builds on that to let several workers share one
+event log in SQLite: ``pz_events`` (one row per event and slot), ``pz_learn`` (the order events
+became learnable in, one global sequence) and ``pz_model`` (a checkpoint). Each process keeps
+its weights in memory and learns the ``pz_learn`` rows past its watermark, in sequence order, so
+every worker converges to the same model; a checkpoint every ``checkpoint_every`` learned
+events means a restart replays only the tail.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import sqlite3
 import struct
+import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from nextbest.errors import DataError
+from nextbest.serve.personalizer_schemas import (
+    Feature,
+    RankableAction,
+    action_features,
+    context_features,
+)
 
 __all__ = [
+    "LOG_SCHEMA",
     "CrossedFeatures",
-    "ErrorBody",
     "LinearCB",
-    "MultiSlotRankRequest",
-    "MultiSlotRankResponse",
-    "MultiSlotRewardRequest",
-    "PersonalizerError",
-    "RankRequest",
-    "RankResponse",
-    "RankableAction",
-    "RankedAction",
-    "RewardRequest",
-    "SlotRequest",
-    "SlotResponse",
-    "SlotReward",
-    "action_features",
-    "check_actions",
-    "check_excluded",
-    "check_slots",
+    "SharedLearner",
     "choose",
-    "context_features",
     "decide",
     "epsilon_greedy",
-    "fingerprint",
-    "flatten",
-    "parse",
-    "validation_error",
+    "queue_learning",
 ]
 
-Feature = tuple[str, float]
-M = TypeVar("M", bound=BaseModel)
-MAX_DEPTH = 8  # nesting levels inside one feature object
-MAX_FEATURES = 1_000  # flattened features per context, slot or action
+logger = logging.getLogger(__name__)
+
 _CONSTANT = "\x1fconstant"
 _MIX = np.uint64(0x100000001B3)  # the 64-bit FNV prime, to combine two hashes
 _STATE_VERSION = 1
 
 
-class PersonalizerError(DataError):
-    """A Personalizer request that cannot be served, with the HTTP answer it maps to.
-
-    Parameters
-    ----------
-    status : int
-        400 (bad request), 404 (unknown event) or 409 (event id reused).
-    code : str
-        ``invalid_request``, ``not_found`` or ``conflict``.
-    message : str
-        What was expected, what was received, what to do.
-    details : list of dict
-        ``{"field", "expected", "received"}`` per problem.
-    """
-
-    def __init__(
-        self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or []
-
-    @classmethod
-    def invalid(
-        cls, field: str, expected: str, received: str, status: int = 400, code: str = ""
-    ) -> PersonalizerError:
-        """One bad field: ``"<field>: expected <expected>, got <received>"``."""
-        message = f"{field}: expected {expected}, got {received}"
-        detail = {"field": field, "expected": expected, "received": received}
-        return cls(status, code or "invalid_request", message, [detail])
-
-    def body(self) -> dict[str, Any]:
-        """The JSON error body shared by every 4xx of the service."""
-        error = {"status": self.status, "code": self.code, "message": self.message}
-        return {"error": {**error, "details": self.details}}
-
-
-def describe(value: Any) -> str:
-    """A short, data-free description of a received value, for error messages."""
-    if isinstance(value, str):
-        return repr(value[:60] + ("..." if len(value) > 60 else ""))
-    if isinstance(value, dict):
-        return f"an object with {len(value)} keys"
-    if isinstance(value, list):
-        return f"an array of {len(value)} items"
-    return "null" if value is None else repr(value)[:60]
-
-
-# -- wire schemas (Personalizer REST v1.0, multi-slot from its 2022 preview) -----------------
-
-Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Features = Annotated[list[dict[str, Any]], Field(max_length=100)]
-Reward = Annotated[float, Field(strict=True, ge=-1.0, le=1.0, allow_inf_nan=False)]  # no bools
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RankableAction(_Wire):
-    """An action and its features (a list of feature objects)."""
-
-    id: Id
-    features: Features
-
-
-class RankRequest(_Wire):
-    """``POST /rank``: at most 50 actions; ``null`` is accepted wherever Azure's SDKs send it."""
-
-    context_features: Features | None = Field(None, alias="contextFeatures")
-    actions: list[RankableAction] = Field(min_length=1, max_length=50)
-    excluded_actions: list[Id] | None = Field(None, alias="excludedActions", max_length=50)
-    event_id: Id | None = Field(None, alias="eventId")
-    defer_activation: StrictBool | None = Field(False, alias="deferActivation")
-
-
-class RankedAction(BaseModel):
-    id: str
-    probability: float
-
-
-class RankResponse(BaseModel):
-    """The chosen action first (``rewardActionId``), then the others, excluded ones last at 0."""
-
-    ranking: list[RankedAction]
-    event_id: str = Field(alias="eventId")
-    reward_action_id: str = Field(alias="rewardActionId")
-
-
-class RewardRequest(_Wire):
-    value: Reward
-
-
-class SlotRequest(_Wire):
-    id: Id
-    features: Features | None = None
-    excluded_actions: list[Id] | None = Field(None, alias="excludedActions", max_length=50)
-    baseline_action: Id = Field(alias="baselineAction")
-
-
-class MultiSlotRankRequest(_Wire):
-    """``POST /multislot/rank``: the actions are placed in the slots, in the slots' order."""
-
-    context_features: Features | None = Field(None, alias="contextFeatures")
-    actions: list[RankableAction] = Field(min_length=1, max_length=50)
-    slots: list[SlotRequest] = Field(min_length=1, max_length=50)
-    event_id: Id | None = Field(None, alias="eventId")
-    defer_activation: StrictBool | None = Field(False, alias="deferActivation")
-
-
-class SlotResponse(BaseModel):
-    id: str
-    reward_action_id: str = Field(alias="rewardActionId")
-
-
-class MultiSlotRankResponse(BaseModel):
-    slots: list[SlotResponse]
-    event_id: str = Field(alias="eventId")
-
-
-class SlotReward(_Wire):
-    slot_id: Id = Field(alias="slotId")
-    value: Reward
-
-
-class MultiSlotRewardRequest(_Wire):
-    reward: list[SlotReward] = Field(min_length=1, max_length=50)
-
-
-class ErrorDetail(BaseModel):
-    field: str
-    expected: str
-    received: str
-
-
-class ErrorContent(BaseModel):
-    status: int
-    code: str
-    message: str
-    details: list[ErrorDetail]
-
-
-class ErrorBody(BaseModel):
-    """The JSON body of every 4xx of the service."""
-
-    error: ErrorContent
-
-
-def validation_error(
-    errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = ()
-) -> PersonalizerError:
-    """A 400 naming each field pydantic (or FastAPI) refused, from ``ValidationError.errors()``."""
-    details = []
-    for err in errors:
-        loc = (*prefix, *err.get("loc", ()))
-        kind, value = err.get("type"), err.get("input")
-        if kind == "extra_forbidden":
-            expected = "no field of this name (Personalizer's names, in camelCase)"
-        elif kind == "missing":
-            expected, value = "a value (the field is required)", None
-        elif kind == "json_invalid":
-            expected = "a JSON body"
-            value = str(err.get("ctx", {}).get("error", "invalid JSON"))
-        else:  # pydantic's "Input should be a valid string" -> "a valid string"
-            msg = str(err.get("msg", "a valid value"))
-            expected = msg.removeprefix("Input should be ").replace("Value error, ", "")
-            expected = expected[:1].lower() + expected[1:]
-        field = ".".join(str(part) for part in loc) or "body"
-        received = "nothing" if kind == "missing" else describe(value)
-        details.append({"field": field, "expected": expected, "received": received})
-    first = details[0] if details else {"field": "body", "expected": "?", "received": "?"}
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    message = f"{first['field']}: expected {first['expected']}, got {first['received']}{more}"
-    return PersonalizerError(400, "invalid_request", message, details)
-
-
-# -- request checks ----------------------------------------------------------------------------
-
-
-def parse(model: type[M], data: M | Mapping[str, Any]) -> M:
-    """``data`` as ``model``; a :class:`PersonalizerError` (400) naming the fields if it is not."""
-    if isinstance(data, model):
-        return data
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc.errors(), prefix=("body",)) from None
-
-
-def fingerprint(kind: str, request: BaseModel) -> str:
-    """A hash of a request without its ``eventId``: a retry has the same, a new request not."""
-    body = request.model_dump(mode="json", by_alias=True, exclude={"event_id"})
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(f"{kind}:{text}".encode()).hexdigest()
-
-
-def context_features(
-    context: Sequence[Any], slot: Mapping[str, Any] | None, where: str
-) -> list[Feature]:
-    """The context's features; a slot adds its own (prefixed ``_slot.``) and its id."""
-    flat = flatten(context, "body.contextFeatures")
-    if slot is not None:
-        flat += flatten(slot["features"], f"{where}.features", prefix="_slot.")
-        flat.append((f"_slot.id={slot['id']}", 1.0))
-    return flat
-
-
-def action_features(action: Mapping[str, Any], where: str) -> list[Feature]:
-    """An action's features plus its implicit id feature."""
-    return [*flatten(action["features"], where), (f"_action.id={action['id']}", 1.0)]
-
-
-def check_actions(actions: Sequence[RankableAction]) -> list[str]:
-    """The action ids, once checked unique and their features valid."""
-    ids: list[str] = []
-    for i, action in enumerate(actions):
-        if action.id in ids:
-            raise PersonalizerError.invalid(
-                f"body.actions.{i}.id", "action ids unique within the request", repr(action.id)
-            )
-        ids.append(action.id)
-        # Validate the parsed values: a JSON dump would have turned NaN into null.
-        action_features(
-            {"id": action.id, "features": action.features}, f"body.actions.{i}.features"
-        )
-    return ids
-
-
-def check_excluded(excluded: Sequence[str], ids: Sequence[str], where: str) -> set[str]:
-    """The excluded ids, once checked to be among the actions' (a typo is an error)."""
-    for i, action_id in enumerate(excluded):
-        if action_id not in ids:
-            raise PersonalizerError.invalid(
-                f"{where}.{i}", "the id of an action of the request", repr(action_id)
-            )
-    return set(excluded)
-
-
-def check_slots(slots: Sequence[SlotRequest], ids: Sequence[str]) -> None:
-    """Slot ids unique; each baseline an action of the request, not excluded, not shared."""
-    seen: dict[str, str] = {}  # baseline action -> slot id
-    for i, slot in enumerate(slots):
-        where = f"body.slots.{i}"
-        if slot.id in seen.values():
-            raise PersonalizerError.invalid(f"{where}.id", "slot ids unique", repr(slot.id))
-        excluded = check_excluded(slot.excluded_actions or [], ids, f"{where}.excludedActions")
-        flatten(slot.features or [], f"{where}.features")  # validates
-        if slot.baseline_action not in ids or slot.baseline_action in excluded:
-            raise PersonalizerError.invalid(
-                f"{where}.baselineAction",
-                "the id of an action of the request that the slot does not exclude",
-                repr(slot.baseline_action),
-            )
-        if slot.baseline_action in seen:
-            raise PersonalizerError.invalid(
-                f"{where}.baselineAction",
-                "a baseline action of this slot only",
-                f"{slot.baseline_action!r}, the baseline of slot {seen[slot.baseline_action]!r}",
-            )
-        seen[slot.baseline_action] = slot.id
-
-
-# -- features and the learner -----------------------------------------------------------------
-
-
-def flatten(objects: Sequence[Any], where: str, prefix: str = "") -> list[Feature]:
-    """Flatten a list of feature objects into ``(name, value)`` pairs.
-
-    Parameters
-    ----------
-    objects : sequence
-        The objects, as in ``contextFeatures`` or an action's ``features``.
-    where : str
-        Where they came from (``"body.contextFeatures"``), for error messages.
-    prefix : str
-        Prepended to every name (``"_slot."`` for slot features).
-
-    Raises
-    ------
-    PersonalizerError
-        For an item that is not an object, a number that is not finite, nesting deeper than
-        ``MAX_DEPTH`` or more than ``MAX_FEATURES`` features.
-    """
-    out: list[Feature] = []
-    for i, obj in enumerate(objects):
-        if not isinstance(obj, dict):
-            raise PersonalizerError.invalid(f"{where}.{i}", "an object of features", describe(obj))
-        for key, value in obj.items():
-            _walk(f"{prefix}{key}", value, f"{where}.{i}.{key}", 1, out)
-    if len(out) > MAX_FEATURES:
-        raise PersonalizerError.invalid(
-            where, f"at most {MAX_FEATURES} features once flattened", f"{len(out)}"
-        )
-    return out
-
-
-def _walk(name: str, value: Any, where: str, depth: int, out: list[Feature]) -> None:
-    if depth > MAX_DEPTH:
-        raise PersonalizerError.invalid(where, f"at most {MAX_DEPTH} levels of nesting", "more")
-    if value is None or value is False:
-        return
-    if value is True:
-        out.append((name, 1.0))
-    elif isinstance(value, str):
-        out.append((f"{name}={value}", 1.0))
-    elif isinstance(value, int | float):
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):
-            raise PersonalizerError.invalid(where, "a finite number", describe(value))
-        if number != 0.0:
-            out.append((name, number))
-    elif isinstance(value, dict):
-        for key, inner in value.items():
-            _walk(f"{name}.{key}", inner, f"{where}.{key}", depth + 1, out)
-    elif isinstance(value, list):
-        for j, item in enumerate(value):
-            if isinstance(item, str):
-                out.append((f"{name}={item}", 1.0))
-            else:
-                _walk(f"{name}[{j}]", item, f"{where}.{j}", depth + 1, out)
-    else:  # pragma: no cover - JSON has no other types
-        raise PersonalizerError.invalid(where, "a JSON value", type(value).__name__)
+# -- the learner ------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1 << 16)
@@ -582,3 +243,170 @@ def decide(
         "chosen": raw[pick]["id"],
         "chosen_probability": float(pmf[pick]),
     }
+
+
+# -- the shared log ---------------------------------------------------------------------------
+
+_BATCH = 2_000  # pz_learn rows read at a time
+_LEARNABLE = (
+    "SELECT l.seq, e.features, e.chosen, e.chosen_probability, e.reward FROM pz_learn l "
+    "JOIN pz_events e USING (event_id, slot_id) WHERE l.seq > ? ORDER BY l.seq LIMIT ?"
+)
+LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pz_events (
+    event_id TEXT NOT NULL,
+    slot_id TEXT NOT NULL,            -- '' for a single-slot rank
+    slot_pos INTEGER NOT NULL,
+    ts REAL NOT NULL,                 -- rank time, epoch seconds
+    request_hash TEXT NOT NULL,       -- a retry with the same body gets the same answer
+    features TEXT NOT NULL,           -- {"context", "slot", "actions": the eligible ones}
+    action_ids TEXT NOT NULL,         -- the ranking, JSON
+    probabilities TEXT NOT NULL,      -- aligned with action_ids, JSON
+    chosen TEXT NOT NULL,
+    chosen_probability REAL NOT NULL,
+    activated INTEGER NOT NULL,
+    activated_ts REAL,
+    reward REAL,
+    rewarded_ts REAL,
+    default_reward INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (event_id, slot_id)
+);
+CREATE INDEX IF NOT EXISTS pz_events_due ON pz_events (activated_ts)
+    WHERE reward IS NULL AND activated = 1;
+CREATE TABLE IF NOT EXISTS pz_learn (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    slot_id TEXT NOT NULL,
+    UNIQUE (event_id, slot_id)
+);
+CREATE TABLE IF NOT EXISTS pz_model (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    state BLOB NOT NULL
+);
+"""
+
+
+def queue_learning(conn: sqlite3.Connection, key: tuple[str, str]) -> None:
+    """Queue an (event, slot) for learning: the one global order every worker learns in."""
+    conn.execute("INSERT OR IGNORE INTO pz_learn (event_id, slot_id) VALUES (?, ?)", key)
+
+
+class SharedLearner:
+    """A :class:`LinearCB` kept in step with the event log of a shared SQLite file.
+
+    The tables (:data:`LOG_SCHEMA`) are created if absent and the last checkpoint of the same
+    settings is loaded; :meth:`catch_up` then learns the events any process queued with
+    :func:`queue_learning`. Writing the events is the subclass's part
+    (:class:`~nextbest.serve.personalizer.Personalizer`).
+
+    Parameters
+    ----------
+    db_path : Path
+        The SQLite file (created with its folder).
+    learning_rate, hash_bits, hash_seed : float, int, int
+        The regression's settings (:class:`LinearCB`).
+    checkpoint_every : int
+        Learned events between two checkpoints of the weights.
+    clock : callable
+        Returns epoch seconds (the checkpoints' time).
+    """
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        learning_rate: float,
+        hash_bits: int,
+        hash_seed: int,
+        checkpoint_every: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.checkpoint_every = checkpoint_every
+        self.clock = clock
+        self.model_ = LinearCB(hash_bits, learning_rate, hash_seed)
+        self.seq_ = 0  # the watermark: every pz_learn row up to it is in the weights
+        self.checkpoint_seq_ = 0
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._write(lambda conn: [conn.execute(s) for s in LOG_SCHEMA.split(";") if s.strip()])
+        self._load_checkpoint()
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection, in autocommit mode (writes open ``BEGIN IMMEDIATE``)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+        return conn
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def close(self) -> None:
+        """Close the calling thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _load_checkpoint(self) -> None:
+        sql = "SELECT config, seq, state FROM pz_model WHERE name = 'default'"
+        found = self._db().execute(sql).fetchone()
+        if found is None or found[0] != self.model_.config():
+            return
+        self.model_.load_state(found[2])
+        self.seq_ = self.checkpoint_seq_ = int(found[1])
+        logger.info("personalizer: checkpoint loaded at learned event %d", self.seq_)
+
+    def _save_checkpoint(self) -> None:
+        state, seq = self.model_.state(), self.seq_
+        self._db().execute(
+            "INSERT INTO pz_model (name, config, seq, ts, state) VALUES ('default', ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET config = excluded.config, seq = excluded.seq, "
+            "ts = excluded.ts, state = excluded.state "
+            "WHERE excluded.seq > pz_model.seq OR excluded.config != pz_model.config",
+            (self.model_.config(), seq, self.clock(), state),
+        )
+        self.checkpoint_seq_ = seq
+        logger.info("personalizer: checkpoint at learned event %d (%d bytes)", seq, len(state))
+
+    def catch_up(self) -> int:
+        """Learn every queued event past the watermark, in queue order; returns how many."""
+        learned = 0
+        with self._lock:
+            while True:
+                rows = self._db().execute(_LEARNABLE, (self.seq_, _BATCH)).fetchall()
+                for seq, features, chosen, probability, reward in rows:
+                    stored = json.loads(features)
+                    context = context_features(stored["context"], stored["slot"], "stored")
+                    action = next(a for a in stored["actions"] if a["id"] == chosen)
+                    x = self.model_.cross(context, action_features(action, "stored"))
+                    self.model_.learn(x, float(reward), 1.0 / float(probability))
+                    self.seq_ = int(seq)
+                learned += len(rows)
+                if self.seq_ - self.checkpoint_seq_ >= self.checkpoint_every:
+                    self._save_checkpoint()
+                if len(rows) < _BATCH:
+                    return learned
+
+    @property
+    def weights(self) -> np.ndarray:
+        """A copy of the regression weights (one per hash bucket)."""
+        with self._lock:
+            return self.model_.weights_.copy()

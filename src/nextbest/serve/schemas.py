@@ -36,6 +36,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _timestamp(value: Any) -> Any:
+    """Times are ISO-8601 text (or datetimes from Python callers), never numbers: ``0`` is
+    not a moment anyone meant."""
+    if value is None or isinstance(value, str | datetime):
+        return value
+    raise ValueError(
+        f"expected an ISO-8601 timestamp with a time zone as text, e.g. "
+        f"2026-03-01T12:00:00Z, got {type(value).__name__}"
+    )
+
+
 class EventIn(_Strict):
     """One event in the canonical format; ``event_id`` makes a replay add nothing."""
 
@@ -46,11 +57,13 @@ class EventIn(_Strict):
     product_id: str | None = Field(None, min_length=1, max_length=200)
     offer_id: str | None = Field(None, min_length=1, max_length=200)
     channel: Channel | None = None
-    quantity: int | None = Field(None, ge=-1_000_000, le=1_000_000)
-    amount: float | None = Field(None, ge=-1e12, le=1e12)
+    quantity: int | None = Field(None, ge=-1_000_000, le=1_000_000, strict=True)
+    amount: float | None = Field(None, ge=-1e12, le=1e12, strict=True)
     decision_id: str | None = Field(None, min_length=1, max_length=300)
     basket_id: str | None = Field(None, min_length=1, max_length=200)
     attributes: dict[str, Any] | None = None
+
+    _ts_text = field_validator("ts", mode="before")(lambda cls, v: _timestamp(v))
 
     @field_validator("amount")
     @classmethod
@@ -79,6 +92,8 @@ class Context(_Strict):
     weather: str | None = Field(None, max_length=100)
     device: str | None = Field(None, max_length=100)
     time: AwareDatetime | None = None  # default: now
+
+    _time_text = field_validator("time", mode="before")(lambda cls, v: _timestamp(v))
     cart: list[str] = Field(default_factory=list, max_length=500)  # product ids
     page: str | None = Field(None, max_length=500)
 
@@ -87,7 +102,7 @@ class DecideRequest(_Strict):
     customer_id: str = _ID
     channel: Channel
     context: Context = Field(default_factory=Context)
-    count: int = Field(3, ge=1, le=20)  # offers wanted
+    count: int = Field(3, ge=1, le=20, strict=True)  # offers wanted
     campaign: str | None = Field(None, min_length=1, max_length=200)
 
 

@@ -1,4 +1,4 @@
-"""API keys, scopes, the per-key rate limit and the service's error bodies.
+"""API keys, scopes and the per-key rate limit of the service, and :func:`install`.
 
 An app is wired with :func:`install` once; its routes ask for a scope with :func:`require`::
 
@@ -13,21 +13,9 @@ An app is wired with :func:`install` once; its routes ask for a scope with :func
 A key is sent as ``Authorization: Bearer <key>``, ``X-API-Key: <key>`` or (Azure Personalizer's
 header) ``Ocp-Apim-Subscription-Key: <key>``. Missing, unknown or revoked keys get 401, a key
 without the scope 403 naming it, a key over its rate 429 with ``Retry-After``. ``admin`` implies
-every scope.
-
-Every error answers with one JSON shape::
-
-    {"error": {"status": 422, "code": "invalid_request", "message": "...",
-               "details": [{"field": "body.customer_id", "expected": "a valid string",
-                            "received": "123"}]}}
-
-nextbest's own errors raised in a route map to: ``ConfigError`` 400 (the request names
-something the workspace does not have), ``DataError`` 422 (the data sent breaks the contract),
-``NotFittedError`` 503 (no model trained yet: the service is not ready), ``InfeasibleError``
-409. A route wanting another status raises :class:`ApiError`. Anything else is a bug: a 500
-``internal_error`` with a request id, logged with the exception's type, the route template and
-where it was raised only, never its message, the body or the raw path (they may hold customer
-ids).
+every scope. Each answers with the service's error body; that body, its handlers and the
+middleware (body limit, catch-all 500) are in :mod:`nextbest.serve.errors`, whose public names
+are importable from here too.
 """
 
 from __future__ import annotations
@@ -36,16 +24,12 @@ import builtins
 import functools
 import hashlib
 import hmac
-import logging
 import math
-import reprlib
 import secrets
 import sqlite3
 import threading
 import time
-import traceback
-import uuid
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -53,22 +37,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nextbest.errors import ConfigError, DataError, InfeasibleError, NextbestError, NotFittedError
+from nextbest.errors import ConfigError
+from nextbest.serve.errors import (
+    ERROR_RESPONSES,
+    ApiError,
+    BodyLimitMiddleware,
+    CatchAllMiddleware,
+    ErrorBody,
+    ErrorDetail,
+    ErrorInfo,
+    add_error_handling,
+    error_response,
+)
 
 if TYPE_CHECKING:
     from nextbest.serve.settings import ServeSettings
 
+# Re-exported from nextbest.serve.errors: ERROR_RESPONSES, ApiError, BodyLimitMiddleware,
+# CatchAllMiddleware, ErrorBody, ErrorDetail, ErrorInfo and error_response.
 __all__ = [
     "ERROR_RESPONSES",
     "SCOPES",
     "ApiError",
+    "BodyLimitMiddleware",
+    "CatchAllMiddleware",
     "ErrorBody",
     "ErrorDetail",
     "ErrorInfo",
@@ -81,7 +75,6 @@ __all__ = [
     "require",
 ]
 
-logger = logging.getLogger(__name__)
 
 SCOPES = ("decide", "events", "profiles", "admin")
 KEY_PREFIX = "nb_"
@@ -349,50 +342,6 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _HOW = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
-class ErrorDetail(BaseModel):
-    field: str  # where, dotted: "body.context.cart.0"
-    expected: str
-    received: str  # a short repr of what was sent
-
-
-class ErrorInfo(BaseModel):
-    status: int
-    code: str  # e.g. invalid_request, unauthorized, forbidden, rate_limited, internal_error
-    message: str
-    details: builtins.list[ErrorDetail] | None = None
-    request_id: str | None = None  # on 500s, to find the log record
-
-
-class ErrorBody(BaseModel):
-    """Every error answer (its OpenAPI schema): ``{"error": {...}}``."""
-
-    error: ErrorInfo
-
-
-# For a route's ``responses=``: documents the error body instead of FastAPI's default 422.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    "4XX": {"model": ErrorBody, "description": "Refused: the body says why"},
-    "5XX": {"model": ErrorBody, "description": "A bug: internal_error with a request id"},
-}
-
-
-class ApiError(Exception):
-    """An error answer: status, code, message (and details, headers) of the JSON body."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        details: builtins.list[dict[str, str]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.details, self.headers = details, headers
-
-
 @functools.cache
 def require(scope: str) -> Callable[..., Coroutine[Any, Any, KeyInfo]]:
     """A FastAPI dependency admitting requests whose key has ``scope``; it returns the key.
@@ -471,229 +420,4 @@ def install(app: FastAPI, settings: ServeSettings) -> None:
         state.keys = KeyStore(Path(db_path))
     if getattr(state, "limiter", None) is None:
         state.limiter = RateLimiter(state.settings.worker_rate, state.settings.worker_burst)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(NextbestError, _nextbest_error)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes)
-    app.add_middleware(CatchAllMiddleware)  # added last: the outermost
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    details: builtins.list[dict[str, str]] | None = None,
-    headers: Mapping[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    """The service's error body: ``{"error": {"status", "code", "message", ...}}``."""
-    body: dict[str, Any] = {"status": status, "code": code, "message": message, **extra}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "rate_limited",
-    503: "unavailable",
-}
-_NEXTBEST = (  # the first match wins
-    (ConfigError, 400, "bad_request"),
-    (DataError, 422, "invalid_data"),
-    (NotFittedError, 503, "not_ready"),
-    (InfeasibleError, 409, "infeasible"),
-    (NextbestError, 400, "bad_request"),
-)
-_MAX_DETAILS = 50
-_repr = reprlib.Repr()  # keyword arguments only from Python 3.12
-_repr.maxstring = _repr.maxother = 100
-_repr.maxlist = _repr.maxdict = _repr.maxset = _repr.maxtuple = 6
-_repr.maxlevel = 2
-
-
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(
-        exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers
-    )
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    status = exc.status_code
-    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if status == 404 and message == "Not Found":
-        message = f"no route {request.method} {request.url.path}"
-    elif status == 405 and message == "Method Not Allowed":
-        allowed = (exc.headers or {}).get("Allow")
-        message = f"{request.method} is not allowed on {request.url.path}" + (
-            f"; allowed: {allowed}" if allowed else ""
-        )
-    return error_response(status, _CODES.get(status, "http_error"), message, headers=exc.headers)
-
-
-async def _nextbest_error(request: Request, exc: Exception) -> JSONResponse:
-    status, code = next((s, c) for cls, s, c in _NEXTBEST if isinstance(exc, cls))
-    return error_response(status, code, str(exc))
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = builtins.list(exc.errors())
-    if errors and errors[0].get("type") == "json_invalid":
-        return _json_error(errors[0], exc.body)
-    details = [_detail(e) for e in errors[:_MAX_DETAILS]]
-    more = f" (the first {_MAX_DETAILS} shown)" if len(errors) > _MAX_DETAILS else ""
-    fields = ", ".join(dict.fromkeys(d["field"] for d in details[:5]))
-    message = f"{len(errors)} invalid field(s){more}: {fields}"
-    return error_response(422, "invalid_request", message, details=details)
-
-
-def _detail(error: dict[str, Any]) -> dict[str, str]:
-    field = ".".join(str(part) for part in error.get("loc", ()))
-    kind = error.get("type", "")
-    if kind == "missing":
-        return {"field": field, "expected": "a value: the field is required", "received": "nothing"}
-    if kind == "extra_forbidden":
-        expected = "no such field: unknown fields are refused"
-    elif isinstance(error.get("input"), bytes) and field == "body":
-        expected = "a JSON body, sent with 'Content-Type: application/json'"
-    else:
-        expected = str(error.get("msg", "")).removeprefix("Value error, ")
-        expected = expected.removeprefix("Input should be ")
-    return {"field": field, "expected": expected, "received": _short(error.get("input"))}
-
-
-def _json_error(error: dict[str, Any], document: Any) -> JSONResponse:
-    pos = error["loc"][-1] if isinstance(error["loc"][-1], int) else 0
-    text = document if isinstance(document, str) else ""
-    line = text.count("\n", 0, pos) + 1
-    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-    problem = (error.get("ctx") or {}).get("error", "not valid JSON")
-    where = f"line {line}, column {column} (character {pos})"
-    detail = {
-        "field": "body",
-        "expected": "a JSON document",
-        "received": _short(text[max(0, pos - 30) : pos + 30]),
-    }
-    return error_response(
-        422, "invalid_json", f"the body is not valid JSON: {problem} at {where}", details=[detail]
-    )
-
-
-def _short(value: Any) -> str:
-    """A repr of at most 100 characters, however large the value."""
-    text = _repr.repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-# -- middleware -------------------------------------------------------------------------------
-
-
-class BodyLimitMiddleware:
-    """413 for a body over ``max_bytes``: at once from ``Content-Length``, else while read."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        announced = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if announced is not None:
-            length = int(announced) if announced.isdigit() else None
-            if length is None:
-                response = error_response(
-                    400,
-                    "bad_request",
-                    f"Content-Length: expected a whole number of bytes, got "
-                    f"{_short(announced.decode('latin-1'))}",
-                )
-                await response(scope, receive, send)
-                return
-            if length > self.max_bytes:
-                message = f"the request body has {length:,} bytes; {self._limit}"
-                await error_response(413, "payload_too_large", message)(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # An HTTPException reaches the app's handler through FastAPI's body reader.
-                    raise StarletteHTTPException(
-                        413, f"the request body is too large; {self._limit}"
-                    )
-            return message
-
-        await self.app(scope, limited, send)
-
-    @property
-    def _limit(self) -> str:
-        return f"at most {self.max_bytes:,} bytes are accepted (send smaller batches)"
-
-
-class CatchAllMiddleware:
-    """Any exception no handler took becomes a 500 ``internal_error`` body with a request id.
-
-    The log record names the exception type, the route template and where it was raised; not
-    the exception's message, the body or the path, which may hold personal data. Unlike
-    Starlette's own handler for ``Exception`` it does not re-raise, so the server logs nothing
-    more.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except Exception as exc:
-            request_id = uuid.uuid4().hex
-            route = getattr(scope.get("route"), "path", None) or "(no route matched)"
-            logger.error(
-                "internal error %s: %s in %s %s, raised at %s",
-                request_id,
-                type(exc).__name__,
-                scope.get("method", "?"),
-                route,
-                _where(exc),
-            )
-            if not started:  # else the server can only drop the connection
-                response = error_response(
-                    500, "internal_error", "internal error", request_id=request_id
-                )
-                await response(scope, receive, send)
-
-
-def _where(exc: BaseException) -> str:
-    """The innermost frames (file:line in function), without any values."""
-    frames = traceback.extract_tb(exc.__traceback__)[-3:]
-    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(frames))
+    add_error_handling(app, state.settings.max_body_bytes)
