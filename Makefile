@@ -28,9 +28,11 @@ demo: $(STAMP)
 	$(BIN)/nextbest demo --dir build/demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	sh build-aux/ensure-chromium.sh
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
+	sh build-aux/ensure-chromium.sh
 	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -41,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_models.py
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python bench/bench_serve.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

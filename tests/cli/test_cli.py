@@ -115,6 +115,12 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         "ope",
         "ideas",
         "loop",
+        "snapshot",
+        "serve",
+        "sync",
+        "forget",
+        "keys",
+        "report",
     ):
         done = run(command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from nextbest.data.ingest import ingest
@@ -112,3 +113,134 @@ def test_store_kpis_on_complete_journey_match_pandas(workspace: Workspace) -> No
     assert store["revenue"] == pytest.approx(tx.sales_value.astype(float).sum())
     assert store["aov"] == pytest.approx(store["revenue"] / store["orders"])
     assert store["members"] == len(set(tx.household_id) | set(redeemed.household_id))
+
+
+# Funnels by segment, segment profiles and baskets of a period --------------------------------
+
+# As of 1 March: c2 is "new" (R5 F1 M1), c1 "lost" (R1 F1 M5), c3 "inactive".
+SEG_EVENTS = """event_id,customer_id,ts,type,product_id,quantity,amount,basket_id
+h1,c1,2024-02-20T10:00:00Z,purchase,p1,1,100,
+h2,c2,2024-02-25T10:00:00Z,purchase,p2,1,10,
+e1,c1,2024-03-01T08:00:00Z,email_sent,,,,
+e2,c2,2024-03-01T08:00:00Z,email_sent,,,,
+e3,c3,2024-03-01T08:00:00Z,email_sent,,,,
+e4,c1,2024-03-01T09:00:00Z,email_open,,,,
+e5,c2,2024-03-01T09:00:00Z,email_open,,,,
+e6,c1,2024-03-01T09:01:00Z,email_click,,,,
+e7,c1,2024-03-01T09:02:00Z,visit,,,,
+e8,c1,2024-03-01T09:03:00Z,view,p1,,,
+e9,c1,2024-03-01T09:04:00Z,add_to_cart,p1,1,,
+e10,c1,2024-03-01T09:05:00Z,purchase,p1,1,40,b1
+e11,c1,2024-03-01T09:05:00Z,purchase,p2,1,60,b1
+e12,c2,2024-03-02T10:00:00Z,visit,,,,
+e13,c2,2024-03-02T10:01:00Z,view,p2,,,
+e14,c2,2024-03-02T10:05:00Z,purchase,p4,1,8,
+e15,c3,2024-03-02T11:00:00Z,purchase,p3,1,5,
+e16,c3,2024-03-03T11:00:00Z,purchase,p1,1,40,
+e17,,2024-03-03T12:00:00Z,purchase,p1,1,40,
+e18,,2024-03-03T12:00:00Z,purchase,p3,1,5,r9
+e19,,2024-03-03T12:00:00Z,purchase,p2,1,60,r9
+e20,c1,2024-03-06T11:00:00Z,purchase,p3,1,5,
+"""
+SEG_PRODUCTS = "product_id,category\np1,shoes\np2,bags\np3,hats\np4,\n"
+
+
+@pytest.fixture
+def segmented(workspace: Workspace) -> Workspace:
+    signup = "2023-01-01T00:00:00Z"
+    files = {
+        "customers.csv": f"customer_id,signup_ts\nc1,{signup}\nc2,{signup}\nc3,{signup}\n",
+        "products.csv": SEG_PRODUCTS,
+        "events.csv": SEG_EVENTS,
+    }
+    for name, text in files.items():
+        (workspace.root / name).write_text(text)
+    results = ingest(
+        workspace.warehouse, [workspace.root / n for n in files], workspace.config.ingest
+    )
+    assert all(r.total("quarantined") == 0 for r in results)
+    return workspace
+
+
+def test_funnel_by_segment_splits_the_member_days_by_segment_at_the_start(
+    segmented: Workspace,
+) -> None:
+    from datetime import UTC, datetime
+
+    from nextbest.measure.funnels import funnel_by_segment
+
+    start, end = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC)
+    email = funnel_by_segment(segmented.warehouse, "email", start, end)
+    assert list(email) == ["new", "lost", "inactive"]  # SEGMENTS order
+    counts = {seg: [s.count for s in steps] for seg, steps in email.items()}
+    assert counts == {
+        "new": [1, 1, 0, 0, 0, 0],  # c2 visits on the 2nd, another member-day
+        "lost": [1, 1, 1, 1, 1, 1],
+        "inactive": [1, 0, 0, 0, 0, 0],
+    }
+    whole = funnel(segmented.warehouse, "email", start, end)
+    assert [s.count for s in whole] == [sum(c) for c in zip(*counts.values(), strict=True)]
+    site = funnel_by_segment(segmented.warehouse, "site", start, end)
+    assert [s.count for s in site["new"]] == [1, 1, 0, 0]
+    assert site["new"][2].drop_off == 1.0
+    assert [s.count for s in site["inactive"]] == [0, 0, 0, 0]
+    assert site["inactive"][0].share_of_start is None
+
+
+def test_segment_profiles(segmented: Workspace) -> None:
+    from datetime import UTC, datetime
+
+    from nextbest.measure.funnels import segment_profiles
+
+    rows = segment_profiles(segmented.warehouse, datetime(2024, 3, 1, tzinfo=UTC)).to_pandas()
+    assert rows.segment.tolist() == ["new", "lost", "inactive"]
+    new, lost, inactive = rows.to_dict("records")
+    assert (new["customers"], new["frequency"], new["monetary"]) == (1, 1, 10)
+    assert new["recency_days"] == pytest.approx(5 - 10 / 24)  # bought 25 Feb, 10:00
+    assert lost["monetary"] == 100 and lost["revenue_share"] == pytest.approx(100 / 110)
+    assert inactive["monetary"] == 0 and pd.isna(inactive["recency_days"])
+    assert rows.share.tolist() == pytest.approx([1 / 3] * 3)
+    assert rows.revenue_share.sum() == pytest.approx(1)
+
+
+@pytest.mark.parametrize(
+    ("per", "events", "level", "expected"),
+    [
+        # b1; c2's p4 has no category; c3's two days; r9 (anonymous, with a receipt id);
+        # the anonymous line without a receipt id is left out.
+        (
+            "order",
+            ("purchase",),
+            "category",
+            [{"bags", "shoes"}, {"hats"}, {"shoes"}, {"bags", "hats"}],
+        ),
+        ("order", ("purchase",), "product", [{"p1", "p2"}, {"p4"}, {"p3"}, {"p1"}, {"p2", "p3"}]),
+        ("member", ("purchase",), "category", [{"bags", "shoes"}, {"hats", "shoes"}]),
+        ("member", ("view",), "category", [{"shoes"}, {"bags"}]),
+    ],
+)
+def test_period_baskets(
+    segmented: Workspace,
+    per: str,
+    events: tuple[str, ...],
+    level: str,
+    expected: list[set[str]],
+) -> None:
+    from datetime import UTC, datetime
+
+    from nextbest.measure.funnels import period_baskets
+
+    start, end = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC)
+    b = period_baskets(segmented.warehouse, start, end, level=level, per=per, events=events)
+    m = b.matrix.tocsr()
+    found = [set(b.items[m.indices[m.indptr[i] : m.indptr[i + 1]]]) for i in range(b.n_baskets)]
+    assert sorted(map(sorted, found)) == sorted(map(sorted, expected))
+
+
+def test_period_baskets_rejects_an_unknown_kind(segmented: Workspace) -> None:
+    from nextbest.measure.funnels import period_baskets
+
+    with pytest.raises(ConfigError, match="per: expected one of order, member, got 'week'"):
+        period_baskets(segmented.warehouse, per="week")
+    with pytest.raises(ConfigError, match="level: expected one of product, category, brand"):
+        period_baskets(segmented.warehouse, level="colour")

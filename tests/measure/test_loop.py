@@ -9,7 +9,9 @@ response model, independently of the loop's own accounting.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from nextbest.errors import ConfigError
-from nextbest.measure.loop import LoopConfig, LoopResult, run_loop
+from nextbest.errors import ConfigError, DataError
+from nextbest.measure.loop import (
+    LoopConfig,
+    LoopResult,
+    latest_loop_result,
+    run_loop,
+    save_loop_result,
+)
 from nextbest.simulate import SimConfig, build_world
 from nextbest.simulate import response as rm
 from nextbest.simulate import tables as sim_tables
@@ -180,3 +188,23 @@ def test_a_workdir_with_files_is_refused(tmp_path: Path) -> None:
     (tmp_path / "something").write_text("x")
     with pytest.raises(ConfigError, match="needs an empty folder"):
         run_loop(LoopConfig(days=2, policies=("random",), customers=100, workdir=tmp_path))
+
+
+def test_a_result_is_kept_in_the_workspace_and_the_latest_one_found(tmp_path: Path) -> None:
+    result = run_loop(LoopConfig(days=2, policies=("random",), customers=100, seed=2))
+    assert latest_loop_result(tmp_path) is None
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "loop-20000101-000000.json").write_text(
+        '{"config": {}, "days": [], "totals": []}'
+    )
+    first, second = save_loop_result(result, tmp_path), save_loop_result(result, tmp_path)
+    assert first.parent == second.parent == tmp_path / "loop"
+    assert re.fullmatch(r"loop-\d{8}-\d{6}\.json", first.name)
+    # within one second the second gets a suffix, else a later time: it is the latest either way
+    assert second.name == first.name.replace(".json", "-2.json") or second.name > first.name
+    kept = json.loads(json.dumps(result.to_dict()))
+    assert json.loads(second.read_text()) == kept
+    assert latest_loop_result(tmp_path) == kept  # the newest, not the older file
+    (tmp_path / "loop" / "loop-29991231-235959.json").write_text("{")
+    with pytest.raises(DataError, match="not a closed-loop result"):
+        latest_loop_result(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from nextbest.cli.insight import print_segments
 from nextbest.cli.loop import print_loop_result
 from nextbest.cli.main import JsonOpt, command, print_loads
 from nextbest.cli.models import print_train_report
+from nextbest.cli.serve import make_snapshot, run_server
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.decide import CampaignFile, DecisionRun, decide, explain, load_campaign
@@ -24,10 +26,11 @@ from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, rfm
 from nextbest.measure.funnels import FUNNELS, funnel
 from nextbest.measure.kpi import HeadlineKpis, headline_kpis
-from nextbest.measure.loop import LoopConfig, run_loop
+from nextbest.measure.loop import LoopConfig, run_loop, save_loop_result
 from nextbest.models import run_segmentation
 from nextbest.models.store import ModelStore
 from nextbest.models.training import TrainOptions, train
+from nextbest.serve import KeyStore, ServeSettings
 from nextbest.simulate import SimConfig, simulate
 
 __all__ = ["demo", "simulate_cmd"]
@@ -105,8 +108,13 @@ def demo(
     days: Annotated[int, typer.Option(help="Days to simulate.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     serve: Annotated[
-        bool, typer.Option("--serve/--no-serve", help="End by serving the dashboard.")
+        bool,
+        typer.Option(
+            "--serve/--no-serve",
+            help="End by serving the dashboard on this machine (local mode), until Ctrl+C.",
+        ),
     ] = True,
+    port: Annotated[int, typer.Option(help="Port of the dashboard's server.")] = 8000,
     loop: Annotated[
         bool,
         typer.Option(
@@ -122,12 +130,14 @@ def demo(
         raise ConfigError(
             f"{directory}: exists and was not made by 'nextbest demo'; choose another --dir"
         )
+    if serve:
+        _check_port(port)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     (directory / _MARKER).write_text("made by nextbest demo; deleted by the next demo run\n")
     reporter = RichReporter(enabled=not as_json)
     sim_dir = directory / "simulated"
-    steps = 6 if loop else 5
+    steps = 7 if loop else 6
     if not as_json:
         out.print(
             f"[bold]1/{steps}[/] Simulating {customers:,} members over {days} days (seed {seed})"
@@ -171,7 +181,7 @@ def demo(
     if loop:
         if not as_json:
             out.print(
-                f"[bold]6/6[/] The closed loop: {', '.join(_DEMO_LOOP_POLICIES)} on "
+                f"[bold]6/{steps}[/] The closed loop: {', '.join(_DEMO_LOOP_POLICIES)} on "
                 f"{_DEMO_LOOP['customers']:,} members x {_DEMO_LOOP['days']} days, each "
                 "learning from its own logs"
             )
@@ -184,6 +194,20 @@ def demo(
             ),
             reporter=reporter,
         )
+        save_loop_result(looped, ws.root)  # the dashboard's closed-loop page draws it
+    snapshot = None
+    if why_not is None:
+        if not as_json:
+            out.print(
+                f"[bold]{steps}/{steps}[/] Building the service's snapshot for {tomorrow:%Y-%m-%d}"
+            )
+        snapshot = make_snapshot(ws, None, quiet=as_json)
+    elif not as_json:
+        out.print(f"[bold]{steps}/{steps}[/] No service snapshot: there is no propensity model")
+    key = None
+    if serve:
+        _, key = KeyStore(ServeSettings().db_path(ws.root)).create("demo", ["profiles"])
+    dashboard = f"http://127.0.0.1:{port}/dashboard"
     if as_json:
         print_json(
             {
@@ -196,6 +220,9 @@ def demo(
                 "skipped_models": trained.skipped,
                 "workspace": str(ws.root),
                 "loop": looped.to_dict() if looped else None,
+                "snapshot": str(snapshot) if snapshot else None,
+                "dashboard": dashboard if serve else None,
+                "key": key,
             }
         )
     else:
@@ -216,12 +243,35 @@ def demo(
             print_loop_result(looped)
         out.print(f"\nWorkspace: {ws.root}   ground truth: {sim_dir / 'truth'}")
         out.print(f"Explore it: nextbest status --workspace {ws.root}")
-        if serve:
-            out.print(
-                "The dashboard is not part of this release yet; nothing to serve. "
-                "(--no-serve skips this step.)"
-            )
-    ws.close()
+        if not serve:
+            out.print(f"Serve the dashboard: nextbest serve --local --workspace {ws.root}")
+    ws.close()  # the service never holds the warehouse
+    if not serve:
+        return
+    if not as_json:
+        out.print(
+            f"\n[bold]Dashboard: {dashboard}[/] (local mode: no key needed on this machine)\n"
+            f"API key with the profiles scope, shown once: {key}\n"
+            f"  e.g. curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{port}/v1/offers\n"
+            "Serving until Ctrl+C (--no-serve leaves this out)."
+        )
+        if snapshot is None:
+            out.print("[yellow]No snapshot: the decision API answers 503 until there is one.[/]")
+    run_server(ws.root, ServeSettings(port=port, local=True))
+
+
+def _check_port(port: int) -> None:
+    """Fail before the long demo, not after it, when the dashboard's port is taken."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port: expected a port between 1 and 65535, got {port}")
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigError(
+                f"--port: expected a free port for the dashboard, but {port} is in use; "
+                "pass another --port, or --no-serve"
+            ) from None
 
 
 def _print_explanation(ws: Workspace, spec: CampaignFile, run: DecisionRun, day: datetime) -> None:

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from nextbest.cli.console import RichReporter, out, print_json, table
-from nextbest.cli.main import JsonOpt, command
-from nextbest.config import validation_message
+from nextbest.cli.console import RichReporter, err, out, print_json, table
+from nextbest.cli.main import JsonOpt, WorkspaceOpt, command
+from nextbest.config import CONFIG_FILE, find_workspace, validation_message
+from nextbest.data.workspace import Workspace
 from nextbest.errors import ConfigError
-from nextbest.measure.loop import LoopConfig, LoopResult, run_loop
+from nextbest.measure.loop import LoopConfig, LoopResult, run_loop, save_loop_result
 from nextbest.measure.loop_policies import LOOP_POLICIES
 
 __all__ = ["loop_cmd", "loop_config", "print_loop_result"]
@@ -56,9 +57,15 @@ def loop_cmd(
             "--dir", help="Keep the policies' workspaces here (default: a temporary folder)."
         ),
     ] = None,
+    workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run policies on the simulator, each retraining from its own logs, against the truth."""
+    """Run policies on the simulator, each retraining from its own logs, against the truth.
+
+    In a workspace (given, $NEXTBEST_WORKSPACE or the current folder) the result is kept in
+    its loop/ folder, where the dashboard's closed-loop page reads it.
+    """
+    keep = _workspace_for_result(workspace)
     config = loop_config(
         days=days,
         policies=tuple(policy) if policy else None,
@@ -70,10 +77,22 @@ def loop_cmd(
         workdir=directory,
     )
     result = run_loop(config, reporter=RichReporter(enabled=not as_json))
+    saved = save_loop_result(result, keep) if keep is not None else None
     if as_json:
         print_json(result.to_dict())
     else:
         print_loop_result(result)
+    if saved is not None:
+        (err if as_json else out).print(f"result: {saved}", soft_wrap=True)
+
+
+def _workspace_for_result(given: Path | None) -> Path | None:
+    """Where to keep the result: the workspace given (it must be one), else the one found
+    ($NEXTBEST_WORKSPACE or the current folder) if it is a workspace, else nowhere."""
+    if given is not None:
+        return Workspace.open(given).root  # not a workspace: the usual error, before the run
+    found = find_workspace(None)
+    return found if (found / CONFIG_FILE).exists() else None
 
 
 def _ratio(x: float | None) -> str:

@@ -263,6 +263,7 @@ def main() -> None:
         loop,
         models,
         ope,
+        report,
         serve,
         value,
     )

@@ -22,7 +22,7 @@ from nextbest.serve.snapshot import build_snapshot
 from nextbest.serve.store import OnlineStore
 from nextbest.serve.sync import sync
 
-__all__ = ["forget_cmd", "make_snapshot", "serve_cmd", "snapshot_cmd", "sync_cmd"]
+__all__ = ["forget_cmd", "make_snapshot", "run_server", "serve_cmd", "snapshot_cmd", "sync_cmd"]
 
 
 def make_snapshot(ws: Workspace, date: str | None, *, quiet: bool = False) -> Path:
@@ -69,8 +69,6 @@ def serve_cmd(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Run the HTTP API: decisions, events, profiles, erasure (OpenAPI at /docs)."""
-    import uvicorn
-
     if workers < 1:
         raise ConfigError(f"--workers: expected a whole number >= 1, got {workers}")
     if local and host not in ("127.0.0.1", "localhost", "::1"):
@@ -84,15 +82,22 @@ def serve_cmd(
         finally:
             ws.close()  # the service never holds the warehouse: batch jobs need it
     settings = ServeSettings(host=host, port=port, workers=workers, local=local)
+    out.print(f"nextbest serving {root} on http://{host}:{port} (OpenAPI: /docs)")
+    run_server(root, settings)
+
+
+def run_server(root: Path, settings: ServeSettings) -> None:
+    """Serve the workspace at ``root`` under uvicorn, in the foreground, until interrupted."""
+    import uvicorn
+
     os.environ["NEXTBEST_WORKSPACE"] = str(root.resolve())
     os.environ["NEXTBEST_SERVE_SETTINGS"] = settings.model_dump_json()
-    out.print(f"nextbest serving {root} on http://{host}:{port} (OpenAPI: /docs)")
     uvicorn.run(
         "nextbest.serve.app:factory",
         factory=True,
-        host=host,
-        port=port,
-        workers=workers,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
         log_level="warning",
         access_log=False,  # no personal data in logs: paths carry customer ids
     )

@@ -10,21 +10,38 @@ Definitions (over events in ``[start, end)``):
   the product's cost; lines without a product cost are left out of margin.
 - ``funnel``: strict funnels counted in member-days: a member-day reaches a step if it has the
   step's event and reached every step before. ``email``: sent, opened, clicked, visited,
-  carted, bought; ``site``: visit, view, cart, purchase.
+  carted, bought; ``site``: visit, view, cart, purchase. ``funnel_by_segment``: the same per
+  RFM segment as of the period's start.
+- ``segment_profiles``: size, share, average R/F/M and share of spend of each RFM segment.
+- ``period_baskets``: the baskets of a period, per order or per member, for basket analysis.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import ibis
 import ibis.expr.types as ir
 
 from nextbest.data.warehouse import Warehouse
-from nextbest.features import rfm
+from nextbest.errors import ConfigError
+from nextbest.features import SEGMENTS, rfm
+from nextbest.models.basket import LEVELS, BasketMatrix, basket_matrix
 
-__all__ = ["FUNNELS", "GROUPS", "FunnelStep", "acquisition_profitability", "funnel", "kpis_by"]
+__all__ = [
+    "BASKETS",
+    "FUNNELS",
+    "GROUPS",
+    "FunnelStep",
+    "acquisition_profitability",
+    "funnel",
+    "funnel_by_segment",
+    "kpis_by",
+    "period_baskets",
+    "segment_profiles",
+]
 
 FUNNELS: dict[str, tuple[tuple[str, str], ...]] = {
     "email": (
@@ -138,8 +155,14 @@ def funnel(
     """The strict funnel ``name`` in member-days, with the drop-off at each step."""
     steps = FUNNELS[name]
     ev = _period(warehouse, start, end)
+    row = _reached(ev, steps, ()).to_pyarrow().to_pylist()[0]
+    return _funnel_steps(row, steps)
+
+
+def _reached(ev: ir.Table, steps: tuple[tuple[str, str], ...], by: tuple[str, ...]) -> ir.Table:
+    """Per group of ``by``: the member-days that reached each step of a strict funnel."""
     ev = ev.mutate(day=ev.ts.date())
-    flags = ev.group_by(["customer_id", "day"]).aggregate(
+    flags = ev.group_by([*by, "customer_id", "day"]).aggregate(
         **{label: (ev.type == kind).any() for label, kind in steps}
     )
     reached: ir.BooleanValue | None = None
@@ -147,7 +170,10 @@ def funnel(
     for label, _ in steps:
         reached = flags[label] if reached is None else reached & flags[label]
         counts[label] = reached.cast("int64").sum()
-    row = flags.aggregate(**counts).to_pyarrow().to_pylist()[0]
+    return flags.group_by(list(by)).aggregate(**counts) if by else flags.aggregate(**counts)
+
+
+def _funnel_steps(row: dict[str, Any], steps: tuple[tuple[str, str], ...]) -> list[FunnelStep]:
     out, first, prev = [], None, None
     for label, _ in steps:
         n = int(row[label] or 0)
@@ -178,3 +204,116 @@ def acquisition_profitability(
         margin_per_member=out.margin_per_member,
         referrals_per_member=_ratio(out.referrals.fill_null(0), out.members),
     ).order_by(ibis.desc("revenue_per_member"))
+
+
+# By segment, segment profiles and baskets of a period (the dashboard's insight pages) ----------
+
+
+def funnel_by_segment(
+    warehouse: Warehouse,
+    name: str,
+    start: datetime,
+    end: datetime | None = None,
+    *,
+    scores: ir.Table | None = None,
+) -> dict[str, list[FunnelStep]]:
+    """The strict funnel ``name`` per RFM segment as of ``start``, segments in SEGMENTS order.
+
+    A member counts in the segment :func:`nextbest.features.rfm` gives them at ``start`` (so
+    the period's own purchases do not move them; pass ``scores``, that table already
+    computed, to reuse it); members who signed up later are left out. Segments without a
+    member-day in the period are left out.
+    """
+    steps = FUNNELS[name]
+    ev = _period(warehouse, start, end)
+    scores = rfm(warehouse, start) if scores is None else scores
+    ev = ev.join(scores.select("customer_id", "segment"), "customer_id")
+    rows = {r["segment"]: r for r in _reached(ev, steps, ("segment",)).to_pyarrow().to_pylist()}
+    return {s: _funnel_steps(rows[s], steps) for s in SEGMENTS if s in rows}
+
+
+def segment_profiles(
+    warehouse: Warehouse, as_of: datetime, *, scores: ir.Table | None = None
+) -> ir.Table:
+    """One row per named RFM segment at ``as_of``, in SEGMENTS order.
+
+    Columns: ``segment``, ``customers``, ``share`` (of the customers scored), the averages
+    ``recency_days``, ``frequency`` and ``monetary`` (365 days, as :func:`rfm`), and
+    ``revenue_share``: the segment's share of the 365-day purchase amounts. ``scores``:
+    ``rfm(warehouse, as_of)`` already computed, to reuse it.
+    """
+    scores = rfm(warehouse, as_of) if scores is None else scores
+    agg = scores.group_by("segment").aggregate(
+        customers=scores.count(),
+        recency_days=scores.recency_days.mean(),
+        frequency=scores.frequency.mean(),
+        monetary=scores.monetary.mean(),
+        spend=scores.monetary.sum(),
+    )
+    whole = ibis.window()
+    order = ibis.cases(*((agg.segment == s, i) for i, s in enumerate(SEGMENTS)), else_=99)
+    return (
+        agg.mutate(
+            share=agg.customers.cast("float64") / agg.customers.sum().over(whole),
+            revenue_share=_ratio(agg.spend, agg.spend.sum().over(whole)),
+            rank=order,
+        )
+        .order_by("rank")
+        .select(
+            "segment",
+            "customers",
+            "share",
+            "recency_days",
+            "frequency",
+            "monetary",
+            "revenue_share",
+        )
+    )
+
+
+BASKETS = ("order", "member")
+
+
+def period_baskets(
+    warehouse: Warehouse,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    level: str = "category",
+    per: str = "order",
+    events: tuple[str, ...] = ("purchase",),
+) -> BasketMatrix:
+    """Baskets of the events in ``[start, end)`` at product, category or brand level.
+
+    ``per="order"``: a basket is a ``basket_id`` where the source has one, else a member's
+    lines of one day (as :func:`nextbest.models.warehouse_baskets`); ``per="member"``: all of
+    a member's lines in the period (what one customer bought, the basis of item-to-item
+    cross-sell). ``events`` are the event types whose product lines count (purchases by
+    default; ``("view",)`` gives browsing baskets). Lines without a product, or whose product
+    has no value at ``level``, and anonymous lines without a basket id are left out.
+    """
+    if level not in LEVELS:
+        raise ConfigError(f"level: expected one of {', '.join(LEVELS)}, got {level!r}")
+    if per not in BASKETS:
+        raise ConfigError(f"per: expected one of {', '.join(BASKETS)}, got {per!r}")
+    ev = warehouse.table("events")
+    if start is not None:
+        ev = ev.filter(ev.ts >= ibis.literal(start, type="timestamp('UTC')"))
+    if end is not None:
+        ev = ev.filter(ev.ts < ibis.literal(end, type="timestamp('UTC')"))
+    ev = ev.filter(ev.type.isin(list(events)), ev.product_id.notnull())
+    member_day = ev.customer_id.concat(":", ev.ts.date().cast("string"))
+    key = ibis.coalesce(ev.basket_id, member_day) if per == "order" else ev.customer_id
+    lines = ev.select(basket=key, product_id=ev.product_id)
+    lines = lines.filter(lines.basket.notnull())  # anonymous lines without a basket id
+    if level != "product":
+        products = warehouse.table("products")
+        lines = lines.join(products, "product_id").select("basket", item=products[level])
+        lines = lines.filter(lines.item.notnull())
+    else:
+        lines = lines.select("basket", item=lines.product_id)
+    data = lines.to_pyarrow()
+    return basket_matrix(
+        data.column("basket").to_numpy(zero_copy_only=False),
+        data.column("item").to_numpy(zero_copy_only=False),
+    )

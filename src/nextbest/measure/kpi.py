@@ -8,18 +8,23 @@ Definitions (all over the chosen period, by event time):
 - open rate, click rate: e-mail opens and clicks per e-mail sent; click-to-open: clicks per open;
   unsubscribe rate: unsubscribes per e-mail sent.
 - conversion: orders per site visit (``visit`` events).
+
+:func:`daily_kpis` and :func:`period_kpis` add margin and a slice of the events (one channel,
+one RFM segment as of the period's start): the dashboard's overview and its trends.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import ibis
+import ibis.expr.types as ir
 
 from nextbest.data.warehouse import Warehouse
+from nextbest.features import rfm
 
-__all__ = ["HeadlineKpis", "headline_kpis"]
+__all__ = ["HeadlineKpis", "PeriodKpis", "daily_kpis", "headline_kpis", "period_kpis"]
 
 
 @dataclass(frozen=True)
@@ -97,4 +102,163 @@ def headline_kpis(
         conversion=_ratio(orders, visits),
         first_ts=row["first_ts"],
         last_ts=row["last_ts"],
+    )
+
+
+# Daily and period KPIs for a slice of members (the dashboard's overview) --------------------
+
+
+@dataclass(frozen=True)
+class PeriodKpis:
+    """The KPIs of one period for a slice of events (see :func:`period_kpis`)."""
+
+    start: datetime
+    end: datetime
+    revenue: float
+    margin: float
+    orders: int
+    active_members: int
+    visits: int
+    emails_sent: int
+    opens: int
+    clicks: int
+    unsubscribes: int
+
+    @property
+    def conversion(self) -> float | None:
+        return _ratio(self.orders, self.visits)
+
+    @property
+    def open_rate(self) -> float | None:
+        return _ratio(self.opens, self.emails_sent)
+
+    @property
+    def click_rate(self) -> float | None:
+        return _ratio(self.clicks, self.emails_sent)
+
+    @property
+    def unsubscribe_rate(self) -> float | None:
+        return _ratio(self.unsubscribes, self.emails_sent)
+
+
+_COUNTS = (
+    "revenue",
+    "margin",
+    "orders",
+    "active_members",
+    "visits",
+    "emails_sent",
+    "opens",
+    "clicks",
+    "unsubscribes",
+)
+
+
+def _slice(
+    warehouse: Warehouse,
+    start: datetime,
+    end: datetime,
+    segment: str | None,
+    channel: str | None,
+    scores: ir.Table | None,
+) -> ir.Table:
+    """Events in ``[start, end)``, of one channel and one RFM segment (as of ``start``)."""
+    ev = warehouse.table("events")
+    ev = ev.filter(
+        ev.ts >= ibis.literal(start, type="timestamp('UTC')"),
+        ev.ts < ibis.literal(end, type="timestamp('UTC')"),
+    )
+    if channel is not None:
+        ev = ev.filter(ev.channel == channel)
+    if segment is not None:
+        scores = rfm(warehouse, start) if scores is None else scores
+        ev = ev.semi_join(scores.filter(scores.segment == segment), "customer_id")
+    products = warehouse.table("products")
+    return ev.left_join(products.select("product_id", unit_cost=products.cost), "product_id").drop(
+        "product_id_right"
+    )
+
+
+def _metrics(ev: ir.Table) -> dict[str, ir.Value]:
+    t = ev.type
+    purchase = t == "purchase"
+    amount = ev.amount.fill_null(0)
+    line_margin = amount - ev.quantity.fill_null(1) * ev.unit_cost
+    return {
+        "revenue": ibis.cases((purchase, amount), (t == "return", -amount), else_=0).sum(),
+        "margin": ibis.cases((purchase & ev.unit_cost.notnull(), line_margin), else_=0).sum(),
+        "orders": ibis.cases(
+            (purchase, ibis.coalesce(ev.basket_id, ev.event_id)), else_=ibis.null("string")
+        ).nunique(),
+        "active_members": ibis.cases(
+            (purchase, ev.customer_id), else_=ibis.null("string")
+        ).nunique(),
+        "visits": (t == "visit").cast("int64").sum(),
+        "emails_sent": (t == "email_sent").cast("int64").sum(),
+        "opens": (t == "email_open").cast("int64").sum(),
+        "clicks": (t == "email_click").cast("int64").sum(),
+        "unsubscribes": (t == "unsubscribe").cast("int64").sum(),
+    }
+
+
+def _rate(num: ir.NumericValue, den: ir.NumericValue) -> ir.NumericValue:
+    return ibis.cases((den > 0, num.cast("float64") / den), else_=ibis.null("float64"))
+
+
+def daily_kpis(
+    warehouse: Warehouse,
+    start: datetime,
+    end: datetime,
+    segment: str | None = None,
+    channel: str | None = None,
+    *,
+    scores: ir.Table | None = None,
+) -> ir.Table:
+    """One row per day of ``[start, end)``: the headline KPIs of that day, margin included.
+
+    Columns: ``day``, ``revenue`` (purchases minus returns), ``margin`` (as :func:`kpis_by`:
+    purchase lines with a product cost, amount minus quantity x cost), ``orders``,
+    ``active_members`` (members with a purchase that day), ``visits``, ``emails_sent``,
+    ``opens``, ``clicks``, ``unsubscribes`` and the rates ``conversion`` (orders per visit),
+    ``open_rate``, ``click_rate``, ``unsubscribe_rate`` (per e-mail sent; null on a day without
+    e-mails). Days without events are rows of zeros. ``channel`` keeps the events of that
+    channel; ``segment`` keeps the members in that RFM segment as of ``start``
+    (:func:`nextbest.features.rfm`; pass ``scores``, that table already computed, to reuse
+    it). Days are the UTC dates of the events.
+    """
+    ev = _slice(warehouse, start, end, segment, channel, scores)
+    agg = ev.group_by(day=ev.ts.date()).aggregate(**_metrics(ev))
+    first, last = start.date(), (end - timedelta(microseconds=1)).date()
+    calendar = ibis.memtable(
+        {"day": [first + timedelta(days=i) for i in range((last - first).days + 1)]},
+        schema={"day": "date"},
+    )
+    out = calendar.left_join(agg, "day").drop("day_right")
+    filled = out.select("day", **{c: out[c].fill_null(0) for c in _COUNTS})
+    return filled.mutate(
+        conversion=_rate(filled.orders, filled.visits),
+        open_rate=_rate(filled.opens, filled.emails_sent),
+        click_rate=_rate(filled.clicks, filled.emails_sent),
+        unsubscribe_rate=_rate(filled.unsubscribes, filled.emails_sent),
+    ).order_by("day")
+
+
+def period_kpis(
+    warehouse: Warehouse,
+    start: datetime,
+    end: datetime,
+    segment: str | None = None,
+    channel: str | None = None,
+    *,
+    scores: ir.Table | None = None,
+) -> PeriodKpis:
+    """The KPIs of :func:`daily_kpis` over the whole of ``[start, end)`` (members counted once)."""
+    ev = _slice(warehouse, start, end, segment, channel, scores)
+    row = ev.aggregate(**_metrics(ev)).to_pyarrow().to_pylist()[0]
+    return PeriodKpis(
+        start=start,
+        end=end,
+        revenue=float(row["revenue"] or 0.0),
+        margin=float(row["margin"] or 0.0),
+        **{c: int(row[c] or 0) for c in _COUNTS if c not in ("revenue", "margin")},
     )

@@ -21,16 +21,22 @@ its decisions are scored against the ground truth (:mod:`nextbest.simulate.respo
 The model-based policies share their random warm-up days (the same decisions and draws, so
 the same outcomes): the warm-up is simulated and logged once, its workspace and first models
 are copied to each of them, and from then on each lives apart.
+
+:func:`save_loop_result` keeps a result in a workspace (``loop/loop-YYYYMMDD-HHMMSS.json``),
+where :func:`latest_loop_result` finds it for the dashboard.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import re
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nextbest.decide import holdout_mask
-from nextbest.errors import ConfigError
+from nextbest.errors import ConfigError, DataError
 from nextbest.measure.loop_policies import (
     EXPERIMENT,
     LOOP_POLICIES,
@@ -54,11 +60,20 @@ from nextbest.measure.loop_policies import (
 from nextbest.progress import NullReporter, Reporter
 from nextbest.simulate import DayOutcome, RandomPolicy, RetailEnvironment, SimConfig, World
 
-__all__ = ["LoopConfig", "LoopDay", "LoopResult", "PolicyTotals", "run_loop"]
+__all__ = [
+    "LoopConfig",
+    "LoopDay",
+    "LoopResult",
+    "PolicyTotals",
+    "latest_loop_result",
+    "run_loop",
+    "save_loop_result",
+]
 
 log = logging.getLogger(__name__)
 
 _PURCHASE = pa.array(["purchase", "waitlist"])  # a purchase intent: bought, or out of stock
+_RESULT_NAME = re.compile(r"^loop-(\d{8})-(\d{6})(?:-(\d+))?\.json$")
 
 
 class LoopConfig(BaseModel):
@@ -477,3 +492,48 @@ def run_loop(config: LoopConfig, *, reporter: Reporter | None = None) -> LoopRes
         warmup_seconds=warm_seconds,
         workdir=None if temporary else str(root),
     )
+
+
+def save_loop_result(result: LoopResult, root: Path) -> Path:
+    """Keep ``result`` in the workspace at ``root``: ``loop/loop-YYYYMMDD-HHMMSS.json`` (UTC).
+
+    The file holds :meth:`LoopResult.to_dict`; a second run within the same second gets a
+    ``-2``, ``-3``... suffix, so nothing is overwritten. Returns the file written.
+    """
+    folder = Path(root) / "loop"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"loop-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    path, n = folder / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.json"
+    text = json.dumps(result.to_dict(), indent=1, default=str) + "\n"
+    staged = path.with_suffix(".tmp")
+    staged.write_text(text, encoding="utf-8")
+    staged.replace(path)  # a reader never sees half a file
+    return path
+
+
+def latest_loop_result(root: Path) -> dict[str, Any] | None:
+    """The latest result :func:`save_loop_result` kept in the workspace at ``root`` (the
+    :meth:`LoopResult.to_dict` shape), or None when there is none."""
+    found = []
+    for path in (Path(root) / "loop").glob("loop-*.json"):
+        m = _RESULT_NAME.match(path.name)
+        if m:
+            found.append(((m.group(1), m.group(2), int(m.group(3) or 1)), path))
+    if not found:
+        return None
+    path = max(found)[1]
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: not a closed-loop result ({type(exc).__name__}); run 'nextbest loop' again"
+        ) from None
+    if not isinstance(body, dict) or not {"config", "days", "totals"} <= set(body):
+        raise DataError(
+            f"{path}: expected a closed-loop result with config, days and totals; run "
+            "'nextbest loop' again"
+        )
+    return body

@@ -23,7 +23,13 @@ from nextbest.models.clv_summary import fit_clv
 from nextbest.models.propensity import train_propensity
 from nextbest.models.store import Manifest, ModelStore, data_hash
 from nextbest.models.uplift import DRLearner, TLearner, XLearner
-from nextbest.models.uplift_metrics import auuc, qini_coefficient, random_qini, uplift_at_k
+from nextbest.models.uplift_metrics import (
+    auuc,
+    qini_coefficient,
+    qini_curve,
+    random_qini,
+    uplift_at_k,
+)
 from nextbest.progress import NullReporter, Reporter
 
 __all__ = ["KINDS", "TrainOptions", "TrainReport", "train"]
@@ -260,11 +266,15 @@ def _uplift(
     reporter.finish()
     effect = learner.predict_effect(test[cols])
     metrics: dict[str, float] = {"rows": len(frame), "held_out_rows": len(test)}
+    curves: dict[str, dict[str, list[float]]] = {}
     for j, arm in enumerate(learner.treatments_):
         rows = test.arm.isin([control, arm]).to_numpy()
         y, t = test.y.to_numpy()[rows], (test.arm.to_numpy()[rows] == arm).astype(int)
         score = effect[rows, j]
         metrics[f"{arm}: qini"] = qini_coefficient(y, t, score)
+        x, q = qini_curve(y, t, score)
+        keep = np.unique(np.linspace(0, len(x) - 1, min(len(x), _CURVE_POINTS)).round().astype(int))
+        curves[str(arm)] = {"x": x[keep].tolist(), "qini": q[keep].tolist()}
         metrics[f"{arm}: random qini p95"] = float(
             np.quantile(random_qini(y, t, 200, random_state=options.random_state), 0.95)
         )
@@ -293,8 +303,12 @@ def _uplift(
             "outcome": options.uplift_outcome,
             "window_days": options.uplift_window_days,
             "learner": options.uplift_learner,
+            "qini_curves": curves,  # held out, thinned: what the dashboard draws
         },
     )
+
+
+_CURVE_POINTS = 500  # points kept of each Qini curve
 
 
 Trainer = Callable[[Warehouse, ModelStore, TrainOptions, Reporter], Manifest]

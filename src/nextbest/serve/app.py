@@ -14,7 +14,9 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
 - ``GET /v1/offers`` (scope profiles): the offers open now, per serving campaign;
 - ``POST /v1/customers/{id}/forget`` (scope admin): erase the customer everywhere;
 - ``GET /healthz``, ``GET /readyz``;
-- ``/personalizer/v1.0/...``: rank and reward, compatible with Azure Personalizer.
+- ``/personalizer/v1.0/...``: rank and reward, compatible with Azure Personalizer;
+- ``/dashboard/...``: the web dashboard (:mod:`.dashboard`, pages in :mod:`.pages_insight`
+  and :mod:`.pages_engine`).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from nextbest.errors import DataError
 from nextbest.models.store import ModelStore
+from nextbest.serve.dashboard import dashboard_router
 from nextbest.serve.erasure import forget_everywhere
 from nextbest.serve.online import OnlineDecider, UnknownCustomer, serving_campaigns
 from nextbest.serve.personalizer import Personalizer, personalizer_router
@@ -130,6 +133,31 @@ def _row(decider: OnlineDecider, customer_id: str) -> int:
         return decider.row(customer_id)
     except UnknownCustomer as exc:
         raise _unknown(exc) from None
+
+
+def _dashboard_access(request: Request) -> None:
+    """The dashboard reads with the ``profiles`` scope: a key in the header, in ``?key=`` (kept
+    in a cookie) or the cookie; or nothing in local mode."""
+    state = request.app.state
+    header = request.headers.get("authorization", "")
+    given = (
+        header.removeprefix("Bearer ").strip()
+        or request.query_params.get("key")
+        or request.cookies.get("nextbest_key")
+    )
+    if given:
+        info = state.keys.check(given)
+        if info is None:
+            raise ApiError(401, "unauthorized", "the API key is unknown or revoked")
+        if not info.allows("profiles"):
+            raise ApiError(403, "forbidden", "the dashboard needs a key with the scope 'profiles'")
+    elif not state.settings.local:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the dashboard needs a key with the scope 'profiles': open /dashboard?key=YOUR_KEY "
+            "once (or run 'nextbest serve --local' on this machine)",
+        )
 
 
 def create_app(root: Path, settings: ServeSettings | None = None) -> FastAPI:
@@ -243,6 +271,7 @@ def create_app(root: Path, settings: ServeSettings | None = None) -> FastAPI:
         happened (a hash of the id, the time and the counts, never the id)."""
         return forget_everywhere(root, service.store, customer_id)
 
+    app.include_router(dashboard_router(root, service, _dashboard_access))
     app.include_router(
         personalizer_router(lambda request: request.app.state.personalizer, require),
         prefix="/personalizer/v1.0",
