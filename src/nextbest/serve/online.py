@@ -538,8 +538,8 @@ class OnlineDecider:
             dict(raw) if raw is not None and not isinstance(raw, str) else json.loads(raw or "{}")
         )
         why = (
-            f"P({self.snapshot.meta['response']}) {p[j]:.2%}, value {value[j]:.2f}, "
-            f"shadow cost {shadow[j]:.2f} at the batch's prices"
+            f"P({self.snapshot.meta['response']}) {p[j]:.2%}, value {value[j]:.3g}, "
+            f"shadow cost {shadow[j]:.3g} at the batch's prices"
         )
         if parts.get("explored"):
             why += "; drawn by exploration"
