@@ -28,7 +28,7 @@ import ibis.expr.types as ir
 from nextbest.data.warehouse import Warehouse
 from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, rfm
-from nextbest.models.basket import LEVELS, BasketMatrix, basket_matrix
+from nextbest.models.basket import LEVELS, BasketMatrix, line_baskets
 
 __all__ = [
     "BASKETS",
@@ -306,14 +306,4 @@ def period_baskets(
     key = ibis.coalesce(ev.basket_id, member_day) if per == "order" else ev.customer_id
     lines = ev.select(basket=key, product_id=ev.product_id)
     lines = lines.filter(lines.basket.notnull())  # anonymous lines without a basket id
-    if level != "product":
-        products = warehouse.table("products")
-        lines = lines.join(products, "product_id").select("basket", item=products[level])
-        lines = lines.filter(lines.item.notnull())
-    else:
-        lines = lines.select("basket", item=lines.product_id)
-    data = lines.to_pyarrow()
-    return basket_matrix(
-        data.column("basket").to_numpy(zero_copy_only=False),
-        data.column("item").to_numpy(zero_copy_only=False),
-    )
+    return line_baskets(warehouse, lines, level)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -221,7 +222,12 @@ def warehouse_baskets(warehouse: Warehouse, level: str = "product") -> BasketMat
     ev = warehouse.table("events")
     ev = ev.filter(ev.type == "purchase", ev.product_id.notnull())
     key = ibis.coalesce(ev.basket_id, ev.customer_id.concat(":", ev.ts.date().cast("string")))
-    lines = ev.select(basket=key, product_id=ev.product_id)
+    return line_baskets(warehouse, ev.select(basket=key, product_id=ev.product_id), level)
+
+
+def line_baskets(warehouse: Warehouse, lines: ir.Table, level: str) -> BasketMatrix:
+    """The basket matrix of ``lines`` (an Ibis table of ``basket``, ``product_id``) at
+    ``level``; lines whose product has no value at that level are left out."""
     if level != "product":
         products = warehouse.table("products")
         lines = lines.join(products, "product_id").select("basket", item=products[level])
