@@ -1,14 +1,14 @@
 """Market-basket analysis: frequent itemsets, association rules and cross-sell lift.
 
-Frequent itemsets are mined level by level with vertical basket sets (Eclat; Zaki 2000): each
-frequent itemset keeps the set of its baskets as a packed bit array, a candidate's baskets are
-its prefix's AND its last item's (all candidates of one prefix in one vectorised step, counted
-with a popcount; pairs are counted all at once by a sparse product), and a candidate is counted
-only if all its subsets are frequent (Agrawal & Srikant 1994). The result is exactly the set
-mlxtend's ``fpgrowth`` finds (a test checks it on Groceries), with supports computed the same
-way, as counts over the number of baskets. Memory grows with the frequent itemsets' bit sets
-(baskets / 8 bytes each), never with a dense basket x item matrix, so 16,000-item catalogues
-and very large baskets are fine.
+Frequent itemsets are found by a depth-first search over occurrence lists (LCM's occurrence
+deliver; Uno, Kiyomi & Arimura 2004), compiled with numba in :mod:`._basket_kernels`: each
+itemset keeps the list of its baskets, and one pass over those baskets counts all its
+extensions at once. The result is exactly the set mlxtend's ``fpgrowth`` finds, with the same
+supports (counts over the number of baskets) and the same threshold arithmetic; tests check it
+on Groceries. Memory grows with the occurrence lists of the current search path, each at most
+the number of (basket, item) pairs, never with a dense basket x item matrix, so 16,000-item
+catalogues and millions of baskets are fine. Rules are enumerated by the same module over a
+hash table of the itemsets, and the metrics computed as mlxtend computes them.
 
 Rule metrics, for a rule A -> C with support s(A u C):
 confidence = s(AC) / s(A); lift = confidence / s(C); leverage = s(AC) - s(A) s(C);
@@ -17,9 +17,10 @@ conviction = (1 - s(C)) / (1 - confidence) (infinite when confidence is 1).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import chain
 
 import ibis
 import ibis.expr.types as ir
@@ -28,7 +29,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from nextbest.data.warehouse import Warehouse
-from nextbest.errors import ConfigError
+from nextbest.errors import ConfigError, DataError
+from nextbest.models import _basket_kernels as _k
 
 __all__ = [
     "LEVELS",
@@ -68,123 +70,104 @@ def basket_matrix(basket: Sequence[object], item: Sequence[object]) -> BasketMat
     return BasketMatrix(csc, np.asarray(items, dtype=object))
 
 
+def _min_count(min_support: float, n: int) -> int:
+    """The fewest baskets an itemset needs: the count mlxtend's fpgrowth prunes at,
+    ``ceil(min_support * n)``, raised until ``count / n >= min_support`` holds in floating point
+    as mlxtend's final filter has it."""
+    need = max(1, math.ceil(min_support * n))
+    while need <= n and need / n < min_support:
+        need += 1
+    return need
+
+
 def frequent_itemsets(
     baskets: BasketMatrix, min_support: float, max_len: int | None = None
 ) -> pd.DataFrame:
-    """Itemsets with support >= ``min_support``: columns ``support``, ``itemsets`` (frozensets)."""
+    """Itemsets with support >= ``min_support``: columns ``support``, ``itemsets`` (frozensets),
+    shortest first. ``attrs["n_baskets"]`` keeps the number of baskets for
+    :func:`association_rules`."""
     if not 0 < min_support <= 1:
         raise ConfigError(f"--min-support: expected a share in (0, 1], got {min_support}")
+    if max_len is not None and max_len < 1:
+        raise ConfigError(f"--max-len: expected a whole number >= 1, got {max_len}")
     n = baskets.n_baskets
-    need = min_support * n
     m = baskets.matrix
+    need = _min_count(min_support, n)
     counts = np.diff(m.indptr)
-    level: dict[tuple[int, ...], np.ndarray] = {}
-    for j in np.flatnonzero(counts >= need - 1e-9).tolist():
-        column = np.zeros(n, dtype=bool)
-        column[m.indices[m.indptr[j] : m.indptr[j + 1]]] = True
-        level[(j,)] = np.packbits(column)  # the item's baskets as a bit set
-    found: list[tuple[tuple[int, ...], int]] = [(k, int(counts[k[0]])) for k in level]
-    size = 1
-    if level and (max_len is None or max_len >= 2):
-        # Pairs in one sparse product (X'X counts every pair of frequent items at once).
-        items = np.array([k[0] for k in sorted(level)])
-        sub = m[:, items].astype(np.int32)
-        pairs = sp.triu((sub.T @ sub).tocsr(), k=1).tocoo()
-        keep = pairs.data >= need - 1e-9
-        nxt: dict[tuple[int, ...], np.ndarray] = {}
-        for i, j, c in zip(
-            pairs.row[keep].tolist(),
-            pairs.col[keep].tolist(),
-            pairs.data[keep].tolist(),
-            strict=True,
-        ):
-            first, second = int(items[i]), int(items[j])
-            nxt[(first, second)] = level[(first,)] & level[(second,)]
-            found.append(((first, second), int(c)))
-        level = nxt
-        size = 2
-    while level and (max_len is None or size < max_len):
-        keys = sorted(level)
-        frequent = set(keys)
-        nxt = {}
-        by_prefix: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for k in keys:
-            by_prefix.setdefault(k[:-1], []).append(k)
-        for group in by_prefix.values():
-            for i, a in enumerate(group[:-1]):
-                partners = [
-                    b
-                    for b in group[i + 1 :]
-                    if all(
-                        (*a, b[-1])[:x] + (*a, b[-1])[x + 1 :] in frequent for x in range(size - 1)
-                    )
-                ]
-                if not partners:
-                    continue
-                # One vectorised AND and popcount for all candidates sharing the prefix a.
-                both = level[a] & np.stack([level[b] for b in partners])
-                support = np.bitwise_count(both).sum(axis=1, dtype=np.int64)
-                for b, bits, c in zip(partners, both, support.tolist(), strict=True):
-                    if c >= need - 1e-9:
-                        nxt[(*a, b[-1])] = bits
-                        found.append(((*a, b[-1]), c))
-        level = nxt
-        size += 1
-    found = [(k, c) for k, c in found if c / n >= min_support]
-    return pd.DataFrame(
-        {
-            "support": [c / n for _, c in found],
-            "itemsets": [frozenset(baskets.items[list(k)]) for k, _ in found],
-        }
+    # frequent items only, numbered from the rarest up (each itemset is extended by more
+    # frequent items, which keeps the occurrence lists of deep itemsets short)
+    keep = np.flatnonzero(counts >= need)
+    order = keep[np.argsort(counts[keep], kind="stable")]
+    sub = m[:, order]
+    sub.sort_indices()
+    rows = sub.tocsr()
+    rows.sort_indices()
+    ptr, items, count = _k.mine(
+        rows.indptr.astype(np.int64, copy=False),
+        rows.indices.astype(np.int32, copy=False),
+        sub.indptr.astype(np.int64, copy=False),
+        sub.indices.astype(np.int32, copy=False),
+        need,
+        0 if max_len is None else max_len,
     )
+    sizes = np.diff(ptr)
+    by_size = np.argsort(sizes, kind="stable")
+    labels = baskets.items[order][items].tolist()
+    starts, ends = ptr[:-1].tolist(), ptr[1:].tolist()
+    sets = [frozenset(labels[starts[s] : ends[s]]) for s in by_size.tolist()]
+    out = pd.DataFrame({"support": count[by_size] / n, "itemsets": sets}, copy=False)
+    out.attrs["n_baskets"] = n
+    return out
 
 
 def association_rules(
     itemsets: pd.DataFrame, min_confidence: float = 0.5, min_lift: float | None = None
 ) -> pd.DataFrame:
-    """Rules A -> C from frequent itemsets, with support, confidence, lift, leverage, conviction."""
-    support = dict(zip(itemsets.itemsets, itemsets.support, strict=True))
-    rows = []
-    for items, s in support.items():
-        if len(items) < 2:
-            continue
-        for r in range(1, len(items)):
-            for ante in combinations(sorted(items, key=str), r):
-                a = frozenset(ante)
-                c = items - a
-                conf = s / support[a]
-                if conf < min_confidence:
-                    continue
-                sc = support[c]
-                lift = conf / sc
-                if min_lift is not None and lift < min_lift:
-                    continue
-                rows.append(
-                    {
-                        "antecedents": a,
-                        "consequents": c,
-                        "antecedent support": support[a],
-                        "consequent support": sc,
-                        "support": s,
-                        "confidence": conf,
-                        "lift": lift,
-                        "leverage": s - support[a] * sc,
-                        "conviction": np.inf if conf >= 1 else (1 - sc) / (1 - conf),
-                    }
-                )
-    columns = [
-        "antecedents",
-        "consequents",
-        "antecedent support",
-        "consequent support",
-        "support",
-        "confidence",
-        "lift",
-        "leverage",
-        "conviction",
-    ]
-    out = pd.DataFrame(rows, columns=columns)
-    return out.sort_values(["lift", "confidence"], ascending=False, ignore_index=True)
+    """Rules A -> C from frequent itemsets, with support, confidence, lift, leverage, conviction.
+
+    Every itemset's subsets must be among ``itemsets`` (as :func:`frequent_itemsets` gives
+    them). The metrics are computed as mlxtend's ``association_rules`` computes them with
+    ``num_itemsets`` set to ``itemsets.attrs["n_baskets"]`` (1 when absent, mlxtend's
+    default), so the same rules pass the thresholds; sorted by lift, then confidence.
+    """
+    sets = itemsets["itemsets"].to_numpy(dtype=object)
+    support = itemsets["support"].to_numpy(dtype=np.float64)
+    n_baskets = float(itemsets.attrs.get("n_baskets", 1))
+    sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
+    ptr = np.zeros(len(sets) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=ptr[1:])
+    codes, _ = pd.factorize(np.fromiter(chain.from_iterable(sets), dtype=object, count=ptr[-1]))
+    codes = codes.astype(np.int64)
+    _k.sort_segments(ptr, codes)
+    whole, ante, cons = _k.rules(
+        ptr, codes, support, n_baskets, min_confidence, -np.inf if min_lift is None else min_lift
+    )
+    if len(whole) == 1 and whole[0] < 0:
+        s = -1 - int(whole[0])
+        raise DataError(
+            f"itemsets row {s}: a subset of {sorted(map(str, sets[s]))} is missing; expected "
+            "every subset of every itemset (as frequent_itemsets gives them)"
+        )
+    s_ac, s_a, s_c = support[whole], support[ante], support[cons]
+    conf = (s_ac * n_baskets) / (s_a * n_baskets)
+    lift = conf / s_c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conviction = np.where(conf < 1.0, (1.0 - s_c) / (1.0 - conf), np.inf)
+    first = _k.order_rules(lift, conf)
+    return pd.DataFrame(
+        {
+            "antecedents": sets[ante[first]],
+            "consequents": sets[cons[first]],
+            "antecedent support": s_a[first],
+            "consequent support": s_c[first],
+            "support": s_ac[first],
+            "confidence": conf[first],
+            "lift": lift[first],
+            "leverage": (s_ac - s_a * s_c)[first],
+            "conviction": conviction[first],
+        },
+        copy=False,  # fresh arrays, nothing to protect
+    )
 
 
 def cross_sell_lift(baskets: BasketMatrix) -> pd.DataFrame:
