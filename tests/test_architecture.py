@@ -206,8 +206,11 @@ PUBLIC = {
     },
     "nextbest.features": {
         "SEGMENTS",
+        "SHARE_LEVELS",
         "WINDOWS",
         "customer_features",
+        "preference_shares",
+        "share_columns",
         "decision_features",
         "OUTCOMES",
         "control_arm",

@@ -151,6 +151,43 @@ def test_features_and_rfm_commands(tmp_path: Path) -> None:
     assert "--as-of: expected a date such as 2026-03-01, got 'June'" in bad.stderr
 
 
+def test_features_command_writes_the_shares_beside_the_360(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    run("init", "shop", cwd=tmp_path)
+    (tmp_path / "customers.csv").write_text("customer_id\nc1\nc2\n")
+    (tmp_path / "products.csv").write_text(
+        "product_id,category,brand\np1,shoes,Acme\np2,bags,Acme\n"
+    )
+    (tmp_path / "events.csv").write_text(
+        "event_id,customer_id,ts,type,product_id,amount\n"
+        "e1,c1,2024-05-01T00:00:00Z,purchase,p1,10\n"
+        "e2,c1,2024-05-02T00:00:00Z,purchase,p1,10\n"
+        "e3,c1,2024-05-03T00:00:00Z,purchase,p2,10\n"
+        "e4,c2,2024-06-03T00:00:00Z,purchase,p2,10\n"  # after the date: not seen
+    )
+    run("ingest", "customers.csv", "products.csv", "events.csv", "-w", "shop", cwd=tmp_path)
+    done = run("features", "--as-of", "2024-06-01", "-w", "shop", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["share_rows"] == {"category": 2, "brand": 1}
+    assert info["shares_out"] == info["out"].replace(".parquet", "-shares.parquet")
+    assert not any(c.startswith("share_category") for c in info["columns"])
+    rows = pq.read_table(tmp_path / info["shares_out"]).to_pylist()
+    assert [(r["level"], r["value"], r["lines"], round(r["share"], 4)) for r in rows] == [
+        ("category", "shoes", 2, 0.6667),
+        ("category", "bags", 1, 0.3333),
+        ("brand", "Acme", 3, 1.0),
+    ]
+    assert {r["customer_id"] for r in rows} == {"c1"}
+    (tmp_path / info["shares_out"]).unlink()
+    plain = run("features", "--as-of", "2024-06-01", "-w", "shop", "--no-shares", cwd=tmp_path)
+    assert plain.returncode == 0 and "shares" not in plain.stdout
+    assert not (tmp_path / info["shares_out"]).exists()
+    helped = run("features", "--help", cwd=tmp_path).stdout
+    assert "share of purchase lines per category" in " ".join(helped.split())
+
+
 def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
     done = run(
         "demo",
@@ -172,6 +209,10 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
     assert 0.1 < result["kpis"]["open_rate"] < 0.3
     assert "a time split needs at least 11 days" in result["skipped_models"]["propensity"]
     assert result["decisions"] is None and "no propensity model" in result["skipped_decisions"]
+    # Cross-sell over member baskets: every simulated purchase has a product with a category.
+    cross = result["cross_sell"]
+    assert cross["members_who_bought"] == result["kpis"]["active_members"] > 0
+    assert "not same-order baskets" in cross["baskets"]
     text = run(
         "demo",
         "--dir",
@@ -185,7 +226,14 @@ def test_demo_loads_the_simulation_without_quarantine(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert text.returncode == 0
-    for heading in ("Loads", "Headline KPIs", "RFM segments", "Email funnel", "Site funnel"):
+    for heading in (
+        "Loads",
+        "Headline KPIs",
+        "RFM segments",
+        "Cross-sell between categories: bought by the same member in the period",
+        "Email funnel",
+        "Site funnel",
+    ):
         assert heading in text.stdout
     other = tmp_path / "mine"
     other.mkdir()

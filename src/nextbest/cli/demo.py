@@ -24,7 +24,7 @@ from nextbest.data.workspace import Workspace
 from nextbest.decide import CampaignFile, DecisionRun, decide, explain, load_campaign
 from nextbest.errors import ConfigError
 from nextbest.features import SEGMENTS, rfm
-from nextbest.measure.funnels import FUNNELS, funnel
+from nextbest.measure.funnels import FUNNELS, MemberCrossSell, funnel, member_cross_sell
 from nextbest.measure.kpi import HeadlineKpis, headline_kpis
 from nextbest.measure.loop import LoopConfig, run_loop, save_loop_result
 from nextbest.models import run_segmentation
@@ -216,6 +216,7 @@ def demo(
                 "loads": [r.to_dict() for r in results],
                 "quarantined": quarantined,
                 "kpis": kpis.to_dict(),
+                "cross_sell": _cross_sell_json(member_cross_sell(ws.warehouse)),
                 "models": [m.to_dict() for m in trained.made],
                 "skipped_models": trained.skipped,
                 "workspace": str(ws.root),
@@ -296,7 +297,7 @@ def _print_explanation(ws: Workspace, spec: CampaignFile, run: DecisionRun, day:
 
 
 def _print_insight(ws: Workspace) -> None:
-    """RFM segments at the end of the data, and the e-mail and site funnels."""
+    """RFM segments, the segmentations, cross-sell between categories, and the funnels."""
     last = ws.warehouse.table("events").ts.max().execute()
     if last is None:
         return
@@ -315,6 +316,7 @@ def _print_insight(ws: Workspace) -> None:
     )
     for name, spec in ws.config.segmentations.items():
         print_segments(run_segmentation(ws.warehouse, name, spec, when))
+    print_member_cross_sell(member_cross_sell(ws.warehouse))
     for name in FUNNELS:
         steps = funnel(ws.warehouse, name)
         out.print(
@@ -327,6 +329,60 @@ def _print_insight(ws: Workspace) -> None:
                 ],
             )
         )
+
+
+def _cross_sell_json(found: MemberCrossSell, top: int = 10) -> dict[str, object]:
+    rules = found.rules.head(top)
+    return {
+        "baskets": "everything a member bought in the period (not same-order baskets)",
+        "members_who_bought": found.baskets,
+        "members_in_2_or_more": found.multi,
+        "rules": [
+            {
+                "if_bought": sorted(map(str, r.antecedents)),
+                "also_bought": sorted(map(str, r.consequents)),
+                "members": int(r.members),
+                "support": float(r.support),
+                "confidence": float(r.confidence),
+                "lift": float(r.lift),
+            }
+            for r in rules.itertuples()
+        ],
+    }
+
+
+def print_member_cross_sell(found: MemberCrossSell, top: int = 10) -> None:
+    """The top category rules by lift over member baskets, labelled as such.
+
+    The simulator's orders are single lines (one sale a member-day), so same-order baskets
+    give no rules; a member's purchases over the whole period do.
+    """
+    title = (
+        "Cross-sell between categories: bought by the same member in the period "
+        "(member baskets, not same-order baskets)"
+    )
+    if found.rules.empty:
+        out.print(
+            f"{title}: no rule at these thresholds ({found.baskets:,} members bought, "
+            f"{found.multi:,} of them in more than one category)"
+        )
+        return
+    out.print(
+        table(
+            f"{title}; {found.baskets:,} members bought, {found.multi:,} in 2+ categories",
+            ["members who bought", "also bought", "members", "confidence", "lift (1 = chance)"],
+            [
+                [
+                    " & ".join(sorted(map(str, r.antecedents))),
+                    " & ".join(sorted(map(str, r.consequents))),
+                    int(r.members),
+                    f"{100 * r.confidence:.1f}%",
+                    f"{r.lift:.2f}",
+                ]
+                for r in found.rules.head(top).itertuples()
+            ],
+        )
+    )
 
 
 def print_kpis(k: HeadlineKpis) -> None:

@@ -13,7 +13,14 @@ import typer
 from nextbest.cli.console import out, print_json, table
 from nextbest.cli.main import JsonOpt, WorkspaceOpt, command, open_workspace
 from nextbest.errors import ConfigError
-from nextbest.features import SEGMENTS, customer_features, rfm, rfm_migration
+from nextbest.features import (
+    SEGMENTS,
+    SHARE_LEVELS,
+    customer_features,
+    preference_shares,
+    rfm,
+    rfm_migration,
+)
 from nextbest.measure.funnels import FUNNELS, acquisition_profitability, funnel, kpis_by
 from nextbest.models import (
     SegmentationResult,
@@ -42,24 +49,44 @@ def features_cmd(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Parquet file (default: in the workspace).")
     ] = None,
+    shares: Annotated[
+        bool,
+        typer.Option(
+            "--shares/--no-shares",
+            help="Also write each customer's share of purchase lines per category and per "
+            "brand (365 days) as a long table (customer_id, level, value, lines, share) beside "
+            "the 360: <out>-shares.parquet.",
+        ),
+    ] = True,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the customer 360 as of a date: one row per customer."""
+    """Write the customer 360 as of a date: one row per customer (and the category and brand
+    shares beside it, unless --no-shares)."""
     ws = open_workspace(workspace)
     when = parse_date(as_of, "--as-of")
     path = out_file or ws.root / "features" / f"customer360-{when:%Y-%m-%d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = customer_features(ws.warehouse, when).to_pyarrow()
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(data, path)
-    summary = {
+    summary: dict[str, object] = {
         "as_of": when.isoformat(),
         "customers": data.num_rows,
         "columns": data.column_names,
         "out": str(path),
     }
+    if shares:
+        shares_path = path.with_name(f"{path.stem}-shares.parquet")
+        long = pa.concat_tables(
+            [preference_shares(ws.warehouse, when, level).to_pyarrow() for level in SHARE_LEVELS]
+        )
+        pq.write_table(long, shares_path)
+        levels = long.column("level").to_pylist()
+        summary["shares_out"] = str(shares_path)
+        summary["share_rows"] = {level: levels.count(level) for level in SHARE_LEVELS}
     if as_json:
         print_json(summary)
         return
@@ -67,6 +94,13 @@ def features_cmd(
         f"Customer 360 as of {when:%Y-%m-%d}: {data.num_rows:,} customers x "
         f"{data.num_columns} columns -> {path}"
     )
+    if shares:
+        rows = summary["share_rows"]
+        assert isinstance(rows, dict)
+        out.print(
+            f"Category and brand shares: {rows['category']:,} customer-category and "
+            f"{rows['brand']:,} customer-brand rows -> {summary['shares_out']}"
+        )
 
 
 @command("rfm")

@@ -1,4 +1,5 @@
-"""Features stage: customer 360 as of a date, decision features, training sets, RFM."""
+"""Features stage: customer 360 as of a date, category and brand shares, decision features,
+training sets, RFM."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from nextbest.features.experiment_features import (
     experiments,
 )
 from nextbest.features.rfm import SEGMENTS, rfm, rfm_migration
+from nextbest.features.shares import SHARE_LEVELS, preference_shares, share_columns
 
 __all__ = [
     "OUTCOMES",
     "SEGMENTS",
+    "SHARE_LEVELS",
     "WINDOWS",
     "control_arm",
     "customer_features",
     "decision_features",
     "experiment_frame",
     "experiments",
+    "preference_shares",
     "rfm",
     "rfm_migration",
+    "share_columns",
     "training_set",
 ]

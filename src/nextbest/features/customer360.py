@@ -18,7 +18,9 @@ one purchase event; monetary values are purchase amounts):
 - ``discount_sensitivity``: mean discount of the offers behind purchases (365 days);
 - ``referrals_made`` (all time), ``days_since_contact`` (last e-mail, push or SMS sent);
 - ``top_category``, ``top_category_share``, ``top_brand``, ``top_brand_share`` (365 days of
-  purchase lines, through the product, or the offer where the line has no product).
+  purchase lines, through the product, or the offer where the line has no product); the
+  full shares per category and brand are :mod:`nextbest.features.shares` (not columns here:
+  the propensity and churn models take every column of this table).
 
 :func:`training_set` adds future labels from the window after ``as_of``:
 ``purchase_next_14d`` and ``no_purchase_next_90d``.
@@ -32,6 +34,7 @@ import ibis
 import ibis.expr.types as ir
 
 from nextbest.data.warehouse import Warehouse
+from nextbest.features.shares import purchase_lines
 
 __all__ = ["WINDOWS", "customer_features", "training_set"]
 
@@ -152,16 +155,11 @@ def customer_features(warehouse: Warehouse, as_of: datetime) -> ir.Table:
 
 
 def _top_share(warehouse: Warehouse, bought: ir.Table, level: str) -> ir.Table:
-    """Each customer's most bought category (or brand) and its share of purchase lines."""
-    products = warehouse.table("products")
-    offers = warehouse.table("offers")
-    lines = bought.left_join(products, bought.product_id == products.product_id).left_join(
-        offers, bought.offer_id == offers.offer_id
-    )
-    value = ibis.coalesce(lines[level], lines[f"{level}_right"])
-    lines = lines.select(customer_id=lines.customer_id, value=value).filter(
-        lambda x: x.value.notnull()
-    )
+    """Each customer's most bought category (or brand) and its share of purchase lines.
+
+    The full shares, one per value, are :func:`nextbest.features.shares.preference_shares`.
+    """
+    lines = purchase_lines(warehouse, bought, level)
     counts = lines.group_by(["customer_id", "value"]).aggregate(n=lines.count())
     ranked = counts.mutate(
         total=counts.n.sum().over(group_by="customer_id"),

@@ -12,7 +12,13 @@ uses (see :mod:`nextbest.features.customer360`)::
 Missing values (a rate with no e-mail sent) are filled with the column's median; features are
 standardised; k-means (k-means++ starts) or a Gaussian mixture is fitted with a fixed
 ``random_state``, so segments are stable from run to run. Segments are numbered by size, 0
-being the largest. A profile gives each segment's size, share, value (mean ``monetary_365``),
+being the largest. Category and brand shares (:mod:`nextbest.features.shares`) are not
+360 columns, but a segmentation may name them, ``share_category_<category>`` or
+``share_brand_<brand>``: each is the customer's share of purchase lines in that category
+(brand) over the 365 days before the date, null for members who bought nothing (so filled
+with the median).
+
+A profile gives each segment's size, share, value (mean ``monetary_365``),
 the mean of each feature, and what sets it apart: the features furthest from the average, in
 standard deviations of the whole population.
 """
@@ -32,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 from nextbest.config import Segmentation
 from nextbest.data.warehouse import Warehouse
 from nextbest.errors import ConfigError, NotFittedError
-from nextbest.features import customer_features
+from nextbest.features import SHARE_LEVELS, customer_features, preference_shares, share_columns
 
 __all__ = ["SegmentationResult", "Segmenter", "run_segmentation"]
 
@@ -117,12 +123,14 @@ def run_segmentation(
 ) -> SegmentationResult:
     """Fit the segmentation ``name`` on the customer 360 as of ``as_of`` and profile it."""
     data = customer_features(warehouse, as_of).to_pandas()
+    data = _with_shares(warehouse, name, spec, as_of, data)
     numeric = list(data.select_dtypes("number").columns)
     bad = [f for f in spec.features if f not in numeric]
     if bad:
         raise ConfigError(
             f"segmentations.{name}.features: {', '.join(map(repr, bad))} is not a numeric "
-            f"customer 360 column; expected some of {', '.join(numeric)}"
+            f"customer 360 column; expected some of {', '.join(numeric)}, or "
+            "share_category_<category> / share_brand_<brand>"
         )
     X = data[list(spec.features)].astype(float)
     model = Segmenter(spec.method, spec.k, k_max=spec.k_max, random_state=spec.random_state).fit(X)
@@ -154,3 +162,27 @@ def run_segmentation(
         pd.DataFrame({"customer_id": data.customer_id, "segment": labels}),
         pd.DataFrame(rows),
     )
+
+
+def _with_shares(
+    warehouse: Warehouse, name: str, spec: Segmentation, as_of: datetime, data: pd.DataFrame
+) -> pd.DataFrame:
+    """Add the ``share_<level>_<value>`` columns that the segmentation names (opt-in)."""
+    for level in SHARE_LEVELS:
+        prefix = f"share_{level}_"
+        wanted = [f[len(prefix) :] for f in spec.features if f.startswith(prefix)]
+        if not wanted:
+            continue
+        long = preference_shares(warehouse, as_of, level)
+        found = long.select("value").distinct().to_pyarrow()["value"].to_pylist()
+        unknown = sorted(set(wanted) - set(found))
+        if unknown:
+            known = ", ".join(sorted(map(str, found))[:20]) or "none"
+            raise ConfigError(
+                f"segmentations.{name}.features: {', '.join(prefix + v for v in unknown)} "
+                f"names a {level} no customer bought in the 365 days before "
+                f"{as_of:%Y-%m-%d}; expected one of: {known}"
+            )
+        wide = share_columns(warehouse, as_of, level, values=wanted).to_pandas()
+        data = data.merge(wide, on="customer_id", how="left")
+    return data
