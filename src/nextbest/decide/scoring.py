@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.data.warehouse import Warehouse
+from nextbest.decide import _pair_kernels
 from nextbest.errors import DataError
 from nextbest.features.decision_features import LEVELS, pair_parts
 from nextbest.progress import NullReporter, Reporter
@@ -164,18 +165,22 @@ class PairScorer:
     def score(
         self, model: Any, *, rows: np.ndarray | None = None, reporter: Reporter | None = None
     ) -> np.ndarray:
-        """n x m: the model's probability for every pair at slot 1 (0 outside ``rows``)."""
+        """n x m: the model's probability for every pair at slot 1 (0 outside ``rows``).
+
+        The trees are walked once per customer for all offers (:mod:`._pair_kernels`), with
+        LightGBM's numbers; :meth:`matrix` and the model's ``predict_proba_matrix`` give the
+        same probabilities row by row.
+        """
         reporter = reporter or NullReporter()
         n, m = self.shape
         rows = np.arange(n) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
-        coded = self.coded(model)
+        reporter.start(len(rows), f"Scoring {len(rows):,} customers x {m} offers")
+        walk = _Walk.build(self, model)
         p = np.zeros((n, m))
         step = max(1, _BLOCK_ROWS // max(m, 1))
-        reporter.start(len(rows), f"Scoring {len(rows):,} customers x {m} offers")
         for a in range(0, len(rows), step):
             block = rows[a : a + step]
-            X = self.matrix(model, block, coded)
-            p[block] = model.predict_proba_matrix(X)[:, 1].reshape(-1, m)
+            p[block] = model.predict_proba_raw(walk.raw(block).reshape(-1)).reshape(-1, m)
             reporter.advance(len(block))
         reporter.finish()
         return p
@@ -186,6 +191,119 @@ class PairScorer:
         k = min(n, max(1, size // max(m, 1)))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
         return self.matrix(model, rows, self.coded(model))
+
+
+@dataclass
+class _Walk:
+    """A day's pieces laid out for :func:`._pair_kernels.pair_raw`, for one model."""
+
+    args: tuple[Any, ...]  # the kernel's arguments after ``rows``
+
+    @classmethod
+    def build(cls, scorer: PairScorer, model: Any) -> _Walk:
+        forest = model.forest()
+        coded = scorer.coded(model)
+        names = list(model.features_)
+        n, m = scorer.shape
+        words = (m + 63) // 64
+        defaults = scorer._defaults()
+        kind = np.zeros(len(names), dtype=np.int64)
+        col = np.zeros(len(names), dtype=np.int64)
+        level = np.zeros(len(names), dtype=np.int64)
+        customer_cols: list[np.ndarray] = []
+        pair_names: list[str] = []
+        offer_values = np.zeros((len(names), m))
+        levels = list(scorer.history)
+        for f, name in enumerate(names):
+            if name == "slot" or name in scorer.customers.columns:
+                col[f] = len(customer_cols)
+                one = np.ones(n, np.float32) if name == "slot" else coded[name]
+                customer_cols.append(np.asarray(one, dtype=np.float32))
+            elif name in scorer.offers.columns:
+                kind[f] = 1
+                offer_values[f] = coded[name]
+            elif name in defaults:
+                kind[f] = 2
+                col[f] = len(pair_names)
+                pair_names.append(name)
+                level[f] = next(
+                    i for i, lv in enumerate(levels) if name in scorer.history[lv].values
+                )
+            else:
+                raise DataError(
+                    f"the propensity model needs feature {name!r}, which decisions do not "
+                    "build: retrain it on the current features"
+                )
+        C = np.column_stack(customer_cols) if customer_cols else np.zeros((n, 1), np.float32)
+        # the history rows of every level, by customer; value codes numbered across levels
+        parts, codes, offset = [], [], 0
+        vmask_bits = []
+        for i, lv in enumerate(levels):
+            h = scorer.history[lv]
+            X = np.empty((len(h.customer), max(len(pair_names), 1)), dtype=np.float32)
+            for j, name in enumerate(pair_names):
+                X[:, j] = coded[name] if name in h.values else defaults[name]
+            parts.append((h.customer, np.full(len(h.customer), i), h.value + offset, X))
+            bits = np.zeros((h.n_values, m), dtype=bool)
+            has = h.offer_value >= 0
+            bits[h.offer_value[has], np.flatnonzero(has)] = True
+            vmask_bits.append(bits)
+            codes.append(h.n_values)
+            offset += h.n_values
+        customer = np.concatenate([p[0] for p in parts])
+        order = np.argsort(customer, kind="stable")
+        ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(customer, minlength=n), out=ptr[1:])
+        rlevel = np.concatenate([p[1] for p in parts])[order].astype(np.int64)
+        rcode = np.concatenate([p[2] for p in parts])[order].astype(np.int64)
+        RX = np.concatenate([p[3] for p in parts])[order]
+        vmask = _pack(np.concatenate(vmask_bits) if vmask_bits else np.zeros((1, m), bool), words)
+        # per node: the offers going left at an offer split, the default's side at a history one
+        node_kind = kind[forest.feature]
+        omask = np.zeros((forest.n_nodes, words), dtype=np.uint64)
+        at = np.flatnonzero(node_kind == 1)
+        if len(at):
+            omask[at] = _pack(forest.sides(at, offer_values[forest.feature[at]]), words)
+        d0 = np.zeros(forest.n_nodes, dtype=np.bool_)
+        at = np.flatnonzero(node_kind == 2)
+        if len(at):
+            default = np.array([defaults[names[f]] for f in forest.feature[at]])
+            d0[at] = forest.sides(at, default[:, None])[:, 0]
+        args = (
+            C,
+            ptr,
+            rlevel,
+            rcode,
+            RX,
+            vmask,
+            kind,
+            col,
+            level,
+            omask,
+            d0,
+            len(levels),
+            m,
+            forest.depth() + 1,
+            _pair_kernels.DEBRUIJN_TABLE,
+            forest.roots,
+            forest.feature,
+            forest.left,
+            forest.right,
+            forest.leaf_value,
+            forest.decision(),
+        )
+        return cls(args=args)
+
+    def raw(self, rows: np.ndarray) -> np.ndarray:
+        """k x m raw scores of the pairs of customers ``rows``."""
+        return np.asarray(_pair_kernels.pair_raw(np.asarray(rows, dtype=np.int64), *self.args))
+
+
+def _pack(bits: np.ndarray, words: int) -> np.ndarray:
+    """Rows of booleans as ``words`` little-endian uint64 bit masks each."""
+    padded = np.zeros((len(bits), words * 64), dtype=bool)
+    padded[:, : bits.shape[1]] = bits
+    return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
 def _floats(column: Any, *, missing_is_zero: bool) -> np.ndarray:

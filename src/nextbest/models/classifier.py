@@ -22,6 +22,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from nextbest.errors import DataError, NotFittedError
+from nextbest.models.forest import Forest
 
 __all__ = ["CalibratedBoostedClassifier"]
 
@@ -207,6 +208,27 @@ class CalibratedBoostedClassifier:
             )
         booster = self.booster_.booster_
         return self._calibrated(np.asarray(booster.predict(X, num_threads=self.n_jobs or 0)))
+
+    def forest(self) -> Forest:
+        """The trees as flat arrays (:class:`~nextbest.models.forest.Forest`), read once."""
+        self._check_fitted()
+        cached = self.__dict__.get("_forest")
+        if cached is None or cached[0] is not self.booster_:
+            cached = (self.booster_, Forest.from_booster(self.booster_.booster_))
+            self.__dict__["_forest"] = cached
+        return cached[1]
+
+    def predict_proba_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of the positive class from the trees' raw scores.
+
+        ``raw`` is the sum of leaf values (:meth:`Forest.raw`, or LightGBM's
+        ``predict(raw_score=True)``); the link is the booster's sigmoid, as LightGBM's.
+        """
+        return self._calibrated(self.forest().probability(raw))[:, 1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the flat forest is rebuilt from the booster when needed, never stored
+        return {k: v for k, v in self.__dict__.items() if k != "_forest"}
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probabilities, shape ``(n, 2)`` as in scikit-learn (column 1: positive)."""

@@ -1,0 +1,68 @@
+"""Compiled loops over a LightGBM forest flattened into arrays (numba).
+
+``goes_left`` is LightGBM's own decision rule (``Tree::NumericalDecision`` and
+``Tree::CategoricalDecision`` in its ``tree.h``): a NaN is read as 0 unless the node's missing
+type is NaN; a missing value (NaN, or 0 for the Zero type) takes the node's default side; a
+category goes left when its bit is set in the node's bitset, and NaN, negative or unseen codes go
+right. Leaves are stored as negative children (``~leaf``). Sums run over the trees in order, as
+LightGBM's, so the raw scores are the same numbers to the last bit.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+__all__ = ["goes_left", "node_sides", "raw_scores"]
+
+_ZERO = 1e-35  # LightGBM's kZeroThreshold
+
+
+@nb.njit(cache=True, inline="always")
+def goes_left(node, x, rule):  # type: ignore[no-untyped-def]
+    """Whether ``x`` goes left at ``node``; ``rule`` is :meth:`Forest.decision`'s arrays."""
+    threshold, categorical, default_left, missing, cat_start, cat_len, cat_words = rule
+    if not categorical[node]:
+        kind = missing[node]
+        if np.isnan(x):
+            if kind == 2:
+                return default_left[node]
+            x = 0.0
+        if kind == 1 and -_ZERO <= x <= _ZERO:
+            return default_left[node]
+        return x <= threshold[node]
+    if np.isnan(x) or x < 0:
+        return False
+    code = int(x)
+    word = code >> 5
+    if word >= cat_len[node]:
+        return False
+    return (cat_words[cat_start[node] + word] >> np.uint32(code & 31)) & np.uint32(1) == 1
+
+
+@nb.njit(cache=True, parallel=True)
+def raw_scores(X, roots, feature, left, right, leaf_value, rule):  # type: ignore[no-untyped-def]
+    """The forest's raw score (sum of leaf values) of every row of ``X``."""
+    n = X.shape[0]
+    out = np.empty(n)
+    for r in nb.prange(n):
+        total = 0.0
+        for t in range(roots.shape[0]):
+            node = roots[t]
+            while node >= 0:
+                x = np.float64(X[r, feature[node]])
+                node = left[node] if goes_left(node, x, rule) else right[node]
+            total += leaf_value[~node]
+        out[r] = total
+    return out
+
+
+@nb.njit(cache=True)
+def node_sides(values, nodes, rule):  # type: ignore[no-untyped-def]
+    """``out[i, j]``: whether value ``values[i, j]`` goes left at node ``nodes[i]``."""
+    out = np.zeros(values.shape, dtype=np.bool_)
+    for i in range(nodes.shape[0]):
+        node = nodes[i]
+        for j in range(values.shape[1]):
+            out[i, j] = goes_left(node, np.float64(values[i, j]), rule)
+    return out
