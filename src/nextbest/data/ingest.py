@@ -401,37 +401,62 @@ def _finalise(
     counts.quarantined += len(erased)
     reject = partial(_set_rejects, warehouse, name, load_id, result)
     stage = warehouse.table(f"_stage_{name}")
-    ranked = stage.mutate(
-        _rn=ibis.row_number().over(group_by=stage[key], order_by=[stage._src, stage._line]),
-        _first=stage._line.first().over(group_by=stage[key], order_by=[stage._src, stage._line]),
-    )
-    counts.quarantined += reject(
-        ranked.filter(ranked._rn > 0),
-        key,
-        f"a unique {key}",
-        lambda row: f"{received(row[key])}, already used at line {row['_first']}",
-    )
-    rest: ir.Table = ranked.filter(ranked._rn == 0).select(*cols, "_line", "_src")
-    for col in spec.columns:
-        if col.ref is None:
-            continue
+    # each step is materialised, so that no check evaluates the ones before it again
+    dups = stage.group_by(key).aggregate(_n=stage.count()).filter(lambda t: t._n > 1)
+    rest: ir.Table = stage.select(*cols, "_line", "_src")
+    if int(dups.count().execute()):
+        ranked = stage.mutate(
+            _rn=ibis.row_number().over(group_by=stage[key], order_by=[stage._src, stage._line]),
+            _first=stage._line.first().over(
+                group_by=stage[key], order_by=[stage._src, stage._line]
+            ),
+        )
+        ranked = _materialise(warehouse, f"_ranked_{name}", ranked)
+        counts.quarantined += reject(
+            ranked.filter(ranked._rn > 0),
+            key,
+            f"a unique {key}",
+            lambda row: f"{received(row[key])}, already used at line {row['_first']}",
+        )
+        rest = _materialise(
+            warehouse,
+            f"_rest_{name}",
+            ranked.filter(ranked._rn == 0).select(*cols, "_line", "_src"),
+        )
+        warehouse.drop(f"_ranked_{name}")
+    # every reference checked in one pass; a row is rejected for the first one it breaks
+    refs = [col for col in spec.columns if col.ref is not None]
+    flags = {}
+    for col in refs:
+        assert col.ref is not None
         ref_key = TABLES[col.ref].key
         known = warehouse.table(col.ref).select(ref_key)
         if col.ref in staged:
             known = known.union(warehouse.table(f"_clean_{col.ref}").select(ref_key))
-        unknown = rest[col.name].notnull() & ~rest[col.name].isin(known[ref_key])
-        counts.quarantined += reject(
-            rest.filter(unknown),
-            col.name,
-            f"the id of a known {col.ref[:-1]} (in {col.ref})",
-            partial(_show_column, col.name),
+        flags[f"_unknown_{col.name}"] = rest[col.name].notnull() & ~rest[col.name].isin(
+            known[ref_key]
         )
-        rest = rest.filter(~unknown)
-    checked = f"_checked_{name}"
-    warehouse.con.create_table(checked, obj=rest, temp=True, overwrite=True)
-    clean = warehouse.table(checked)
+    if refs:
+        flagged = _materialise(warehouse, f"_flagged_{name}", rest.mutate(**flags))
+        passed = ibis.literal(True)
+        for col in refs:
+            assert col.ref is not None
+            unknown = flagged[f"_unknown_{col.name}"]
+            counts.quarantined += reject(
+                flagged.filter(passed & unknown).drop(*flags),
+                col.name,
+                f"the id of a known {col.ref[:-1]} (in {col.ref})",
+                partial(_show_column, col.name),
+            )
+            passed = passed & ~unknown
+        rest = flagged.filter(passed).drop(*flags)
+    clean = _materialise(warehouse, f"_checked_{name}", rest)
+    for temp in ("_rest", "_flagged"):
+        warehouse.drop(f"{temp}_{name}")
     target = warehouse.table(name)
-    joined = clean.inner_join(target, key, rname="{name}__old")
+    joined = _materialise(
+        warehouse, f"_joined_{name}", clean.inner_join(target, key, rname="{name}__old")
+    )
     differs = ibis.or_(*[~joined[c].identical_to(joined[f"{c}__old"]) for c in cols if c != key])
     counts.quarantined += reject(
         joined.filter(differs).select(*cols, "_line", "_src"),
@@ -441,10 +466,20 @@ def _finalise(
     )
     counts.skipped += int(joined.filter(~differs).count().execute())
     warehouse.con.create_table(
-        f"_clean_{name}", obj=clean.anti_join(target, key), temp=True, overwrite=True
+        f"_clean_{name}",
+        obj=clean.anti_join(joined.select(key), key),
+        temp=True,
+        overwrite=True,
     )
-    warehouse.drop(checked)
+    warehouse.drop(f"_checked_{name}")
+    warehouse.drop(f"_joined_{name}")
     counts.loaded += warehouse.count(f"_clean_{name}")
+
+
+def _materialise(warehouse: Warehouse, name: str, expr: ir.Table) -> ir.Table:
+    """``expr`` computed once into the temporary table ``name``."""
+    warehouse.con.create_table(name, obj=expr, temp=True, overwrite=True)
+    return warehouse.table(name)
 
 
 def _show_column(name: str, row: dict[str, object]) -> str:
