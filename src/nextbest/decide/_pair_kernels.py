@@ -69,7 +69,13 @@ def pair_raw(  # type: ignore[no-untyped-def]
     left,
     right,
     leaf_value,
-    rule,  # the forest's decision arrays (Forest.decision)
+    threshold,
+    categorical,
+    default_left,
+    missing,
+    cat_start,
+    cat_len,
+    cat_words,
 ):
     """Raw scores, ``k x m``, of the pairs of customers ``rows`` with the m offers."""
     k = rows.shape[0]
@@ -107,7 +113,21 @@ def pair_raw(  # type: ignore[no-untyped-def]
                     kf = kind[f]
                     if kf == 0:
                         x = np.float64(C[c, col[f]])
-                        node = left[node] if goes_left(node, x, rule) else right[node]
+                        node = (
+                            left[node]
+                            if goes_left(
+                                node,
+                                x,
+                                threshold,
+                                categorical,
+                                default_left,
+                                missing,
+                                cat_start,
+                                cat_len,
+                                cat_words,
+                            )
+                            else right[node]
+                        )
                         continue
                     if kf == 1:
                         for w in range(W):
@@ -123,7 +143,17 @@ def pair_raw(  # type: ignore[no-untyped-def]
                             for w in range(W):
                                 if cur[w] & vmask[rcode[r], w]:
                                     hit = True
-                            if hit and goes_left(node, np.float64(RX[r, col[f]]), rule):
+                            if hit and goes_left(
+                                node,
+                                np.float64(RX[r, col[f]]),
+                                threshold,
+                                categorical,
+                                default_left,
+                                missing,
+                                cat_start,
+                                cat_len,
+                                cat_words,
+                            ):
                                 for w in range(W):
                                     lm[w] |= cur[w] & vmask[rcode[r], w]
                     for w in range(W):

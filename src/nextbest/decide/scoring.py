@@ -290,7 +290,7 @@ class _Walk:
             forest.left,
             forest.right,
             forest.leaf_value,
-            forest.decision(),
+            *forest.decision(),
         )
         return cls(args=args)
 

@@ -121,7 +121,13 @@ class Forest:
             raise DataError(f"expected {self.n_features} feature columns, got shape {X.shape}")
         return np.asarray(
             kernels.raw_scores(
-                X, self.roots, self.feature, self.left, self.right, self.leaf_value, self.decision()
+                X,
+                self.roots,
+                self.feature,
+                self.left,
+                self.right,
+                self.leaf_value,
+                *self.decision(),
             )
         )
 
@@ -129,7 +135,7 @@ class Forest:
         """Whether each value goes left: ``values[i, j]`` at node ``nodes[i]``."""
         nodes = np.asarray(nodes, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64).reshape(len(nodes), -1)
-        return np.asarray(kernels.node_sides(values, nodes, self.decision()))
+        return np.asarray(kernels.node_sides(values, nodes, *self.decision()))
 
 
 class _Builder:
