@@ -37,27 +37,20 @@ Usage: python bench/bench_serve.py [--customers 1000000] [--rate 500] [--seconds
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing as mp
 import os
-import random
 import re
-import resource
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _loadgen import EVENT_BATCH, decide_bodies, decide_figures, run_load
+from _server import Server, cpu_seconds
 
 from nextbest.data.ingest import ingest
 from nextbest.data.schema import CHANNELS
@@ -82,7 +75,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)  # the simulator's first day
 DECIDE_P99_MS = 20.0
 DECIDE_RATE = 500.0
 EVENTS_PER_S = 5_000.0
-EVENT_BATCH = 500
 
 WEB = """
 [campaign]
@@ -383,19 +375,20 @@ def _decisions(decider: OnlineDecider, requests: list[Any]) -> tuple[list[float]
     # timers on these instances only: the time the store's write lock is held (its
     # transaction, with the slate chosen inside it) and the model's
     held = _timed(decider.store, "decide_atomically")
-    scored = _timed(decider.model, "predict_proba_matrix")
-    times, locked, model = [], [], []
+    scored = _timed(decider, "probabilities")
+    times, locked, model, cpu = [], [], [], []
     try:
         for r in requests:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             got = decider.decide(r)
             if got.offers:  # the full path: a slate chosen, explored and recorded
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
                 locked.append(held[-1])
                 model.append(scored[-1])
     finally:
-        del decider.store.decide_atomically, decider.model.predict_proba_matrix
-    return times, locked, model
+        del decider.store.decide_atomically, decider.probabilities
+    return times, locked, model, cpu
 
 
 def _in_process(root: Path, customers: int, day: datetime) -> dict[str, float]:
@@ -406,6 +399,7 @@ def _in_process(root: Path, customers: int, day: datetime) -> dict[str, float]:
 
     ws = root / "ws"
     snap = Snapshot(current_snapshot(ws))
+    snap.populate()  # as the service does
     model, _ = ModelStore(ws / "models").load("propensity", int(snap.meta["model_version"]))
     out: dict[str, float] = {}
     text = (ws / "campaigns" / "web.toml").read_text(encoding="utf-8")
@@ -419,24 +413,32 @@ def _in_process(root: Path, customers: int, day: datetime) -> dict[str, float]:
             path.write_text(re.sub(r'method = "\w+"', f'method = "{method}"', text), "utf-8")
             variants[method] = OnlineDecider(snap, model, [load_campaign(path)], store)
         requests = [
-            DecideRequest.model_validate_json(b)
-            for b in _decide_bodies(420, customers, day, seed=7)
+            DecideRequest.model_validate_json(b) for b in decide_bodies(420, customers, day, seed=7)
         ]
         _decisions(variants["epsilon"], requests[:50])  # warm
-        times, locked, scored = _decisions(variants["epsilon"], requests[50:400])
+        times, locked, scored, cpu = _decisions(variants["epsilon"], requests[50:400])
         out["p50"] = float(np.percentile(times, 50) * 1000)
         out["p99"] = float(np.percentile(times, 99) * 1000)
+        out["cpu"] = float(np.mean(cpu) * 1000)
         out["locked"] = float(np.median(locked) * 1000)
         out["model"] = float(np.median(scored) * 1000)
-        times, locked, _ = _decisions(variants["thompson"], requests[400:])
+        times, locked, _, _ = _decisions(variants["thompson"], requests[400:])
         out["thompson"] = float(np.median(times) * 1000) if times else float("nan")
         out["thompson_locked"] = float(np.median(locked) * 1000) if times else float("nan")
-        X = variants["epsilon"].matrix(0, variants["epsilon"].campaigns["web-reco"].index)
+        # the offers a request scores: the campaign's open at the request times (not its 80)
+        decider = variants["epsilon"]
+        camp = decider.campaigns["web-reco"]
+        moment = np.datetime64((day + timedelta(hours=18)).replace(tzinfo=None), "us")
+        start, end = camp.col["start_ts"], camp.col["end_ts"]
+        open_now = (np.isnat(start) | (start <= moment)) & (np.isnat(end) | (end > moment))
+        X = decider.matrix(0, camp.index)[open_now]
         out["offers_scored"] = len(X)
-        out["predict"] = _median_ms(lambda: model.predict_proba_matrix(X))
+        out["predict"] = _median_ms(lambda: decider.probabilities(X))
+        out["predict_proba"] = _median_ms(lambda: model.predict_proba_matrix(X))
         booster = model.booster_.booster_
         out["booster_1"] = _median_ms(lambda: booster.predict(X, num_threads=1))
         out["booster_0"] = _median_ms(lambda: booster.predict(X, num_threads=0))
+        out["forest"] = float(decider._forest is not None)
         at = day + timedelta(hours=12)
         counter = iter(range(10**9))
 
@@ -469,381 +471,6 @@ def _in_process(root: Path, customers: int, day: datetime) -> dict[str, float]:
         out["txn_p99"] = float(np.percentile(txn, 99) * 1000)
         store.close()
     return out
-
-
-# -- the server ---------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _group(pgid: int) -> list[int]:
-    """The processes of a process group (the server and its workers)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def _proc_kb(pid: int, path: str, keys: tuple[str, ...]) -> dict[str, int]:
-    out = dict.fromkeys(keys, 0)
-    try:
-        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in out:
-                out[name] = int(rest.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
-
-
-@dataclass
-class Server:
-    ws: Path
-    workers: int
-    log: Path
-    port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, snapshot: Path) -> float:
-        started = time.perf_counter()
-        self._log_file = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nextbest",
-                "serve",
-                "--workspace",
-                str(self.ws),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-            ],
-            env={**os.environ, "NO_COLOR": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=self._log_file,
-            start_new_session=True,  # its own process group: a signal reaches every worker
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server stopped: {self.log.read_text()[-3000:]}")
-            if self._ready() and len(self.deciders(snapshot)) >= self.workers:
-                return time.perf_counter() - started
-            time.sleep(0.2)
-        raise TimeoutError(f"the server was not ready in 120 s; see {self.log}")
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as got:
-                return bool(got.status == 200)
-        except OSError:
-            return False
-
-    def pids(self) -> list[int]:
-        return _group(self.proc.pid) if self.proc is not None else []
-
-    def deciders(self, snapshot: Path) -> list[int]:
-        """Processes that have mapped the snapshot: uvicorn's workers, each with its app."""
-        needle = str(snapshot / "id_hash.npy")
-        found = []
-        for pid in self.pids():
-            try:
-                if needle in Path(f"/proc/{pid}/maps").read_text():
-                    found.append(pid)
-            except OSError:
-                continue
-        return found
-
-    def memory(self) -> dict[str, float]:
-        """GB over the server's processes: resident (file pages shared between workers count
-        once per worker), of which anonymous and file-backed, and proportional (PSS: shared
-        pages split between the processes that map them, so the sum is the true footprint)."""
-        total = dict.fromkeys(("rss", "anon", "file", "pss"), 0.0)
-        for pid in self.pids():
-            status = _proc_kb(pid, "status", ("VmRSS", "RssAnon", "RssFile", "RssShmem"))
-            total["rss"] += status["VmRSS"] / 1024**2
-            total["anon"] += status["RssAnon"] / 1024**2
-            total["file"] += (status["RssFile"] + status["RssShmem"]) / 1024**2
-            total["pss"] += _proc_kb(pid, "smaps_rollup", ("Pss",))["Pss"] / 1024**2
-        return total
-
-    def stop(self) -> None:
-        """SIGTERM to the process group (the server and its workers), SIGKILL after 20 s."""
-        if self.proc is None:
-            return
-        try:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        finally:
-            self._log_file.close()
-
-
-# -- the load generator (runs in its own process) -----------------------------------------------
-#
-# A hand-written HTTP/1.1 client over asyncio streams (uvloop's loop), with keep-alive and a
-# few connections: the load generator shares the 2 cores with the server, so every
-# millisecond of CPU it spends is taken from what is measured. Requests are built before the
-# clock starts; responses are parsed after it stops.
-
-
-def _request(path: str, host: str, key: str, body: bytes) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
-) -> tuple[int, bytes]:
-    writer.write(data)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    at = head.lower().find(b"content-length:")
-    if at < 0:
-        raise RuntimeError(f"expected a Content-Length header, got {head[:300]!r}")
-    length = int(head[at + 15 : head.index(b"\r\n", at)])
-    return status, await reader.readexactly(length)
-
-
-def _decide_bodies(n: int, customers: int, day: datetime, seed: int) -> list[bytes]:
-    rng = random.Random(seed)
-    weather = ("sun", "rain", "cloud", "snow")
-    device = ("mobile", "desktop", "tablet")
-    noon = day + timedelta(hours=12)
-    out = []
-    for _ in range(n):
-        at = noon + timedelta(seconds=rng.randrange(12 * 3600))
-        body = {
-            "customer_id": f"B{rng.randrange(customers) + 1:07d}",
-            "channel": "web",
-            "context": {
-                "weather": rng.choice(weather),
-                "device": rng.choice(device),
-                "time": at.isoformat(),
-                "page": "home",
-            },
-        }
-        out.append(json.dumps(body, separators=(",", ":")).encode())
-    return out
-
-
-async def _open_loop(
-    port: int, key: str, bodies: list[bytes], rate: float, connections: int, grace: float
-) -> dict[str, Any]:
-    host = f"127.0.0.1:{port}"
-    requests = [_request("/v1/decide", host, key, b) for b in bodies]
-    n = len(requests)
-    scheduled = np.zeros(n)
-    sent = np.full(n, np.nan)
-    done = np.full(n, np.nan)
-    status = np.zeros(n, dtype=np.int32)
-    answers: list[bytes | None] = [None] * n
-    queue: asyncio.Queue[int | None] = asyncio.Queue()
-    errors: list[str] = []
-
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while (i := await queue.get()) is not None:
-                sent[i] = time.perf_counter()
-                try:
-                    status[i], answers[i] = await _exchange(reader, writer, requests[i])
-                except (OSError, asyncio.IncompleteReadError, ValueError, RuntimeError) as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                done[i] = time.perf_counter()
-        finally:
-            writer.close()
-
-    workers = [asyncio.ensure_future(connection()) for _ in range(connections)]
-    await asyncio.sleep(0.2)  # connections open before the clock starts
-    base = time.perf_counter()
-    for i in range(n):
-        scheduled[i] = base + i / rate
-        wait = scheduled[i] - time.perf_counter()
-        if wait > 0.0005:
-            await asyncio.sleep(wait)
-        queue.put_nowait(i)
-    for _ in workers:
-        queue.put_nowait(None)
-    finished, pending = await asyncio.wait(workers, timeout=grace)
-    for w in pending:
-        w.cancel()
-    for w in finished:
-        if w.exception() is not None:
-            errors.append(f"{type(w.exception()).__name__}: {w.exception()}")
-    return {
-        "scheduled": scheduled,
-        "sent": sent,
-        "done": done,
-        "status": status,
-        "answers": answers,
-        "errors": errors,
-    }
-
-
-def _event_body(tag: str, batch: int, rng: random.Random, customers: int, day: datetime) -> bytes:
-    noon = int((day + timedelta(hours=12)).timestamp())
-    parts = []
-    for j in range(EVENT_BATCH):
-        ts = datetime.fromtimestamp(noon + rng.randrange(12 * 3600), UTC).isoformat()
-        kind = "view" if j % 4 else "visit"
-        parts.append(
-            f'{{"event_id":"{tag}-{batch}-{j}","customer_id":"B{rng.randrange(customers) + 1:07d}"'
-            f',"ts":"{ts}","type":"{kind}","channel":"web","product_id":"P-{j % 97}"}}'
-        )
-    return ('{"events":[' + ",".join(parts) + "]}").encode()
-
-
-async def _events(
-    port: int, key: str, customers: int, day: datetime, seconds: float, connections: int
-) -> dict[str, Any]:
-    host = f"127.0.0.1:{port}"
-    accepted = duplicates = batches = 0
-    latency: list[float] = []
-    status: dict[int, int] = {}
-    first: list[bytes] = []
-    counter = iter(range(10**9))
-    stop_at = time.perf_counter() + seconds
-
-    async def connection(c: int) -> None:
-        nonlocal accepted, duplicates, batches
-        rng = random.Random(c)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < stop_at:
-                body = _event_body("bench", next(counter), rng, customers, day)
-                if not first:
-                    first.append(body)
-                t = time.perf_counter()
-                code, answer = await _exchange(
-                    reader, writer, _request("/v1/events", host, key, body)
-                )
-                latency.append(time.perf_counter() - t)
-                status[code] = status.get(code, 0) + 1
-                if code == 200:
-                    got = json.loads(answer)
-                    accepted += got["accepted"]
-                    duplicates += got["duplicates"]
-                batches += 1
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.wait_for(
-        asyncio.gather(*(connection(c) for c in range(connections))), seconds + 60
-    )
-    elapsed = time.perf_counter() - started
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    code, answer = await _exchange(reader, writer, _request("/v1/events", host, key, first[0]))
-    writer.close()
-    return {
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "batches": batches,
-        "elapsed": elapsed,
-        "latency": latency,
-        "status": status,
-        "replay_status": code,
-        "replay": json.loads(answer) if code == 200 else answer.decode(errors="replace"),
-    }
-
-
-def _load_child(job: dict[str, Any], queue: Any) -> None:
-    """The load generator's process: one job, its results (and its own CPU) on ``queue``."""
-    runner: Any
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # uvloop comes with uvicorn[standard]; asyncio's loop works too
-        runner = asyncio.run
-    try:
-        day = datetime.fromisoformat(job["day"])
-        if job["kind"] == "decide":
-            n = int(job["rate"] * job["seconds"])
-            bodies = _decide_bodies(n, job["customers"], day, job["seed"])
-            cpu = resource.getrusage(resource.RUSAGE_SELF)
-            got = runner(
-                _open_loop(
-                    job["port"], job["key"], bodies, job["rate"], job["connections"], job["grace"]
-                )
-            )
-        else:
-            cpu = resource.getrusage(resource.RUSAGE_SELF)
-            got = runner(
-                _events(
-                    job["port"],
-                    job["key"],
-                    job["customers"],
-                    day,
-                    job["seconds"],
-                    job["connections"],
-                )
-            )
-        now = resource.getrusage(resource.RUSAGE_SELF)
-        got["client_cpu"] = now.ru_utime - cpu.ru_utime + now.ru_stime - cpu.ru_stime
-        queue.put(got)
-    except BaseException as exc:  # reported by the parent
-        queue.put({"failed": f"{type(exc).__name__}: {exc}"})
-
-
-def _run_load(job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_load_child, args=(job, queue), daemon=True)
-    proc.start()
-    try:
-        got: dict[str, Any] = queue.get(timeout=timeout)
-    finally:
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
-    if "failed" in got:
-        raise RuntimeError(f"the load generator failed: {got['failed']}")
-    return got
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -879,52 +506,6 @@ def _load_text() -> str:
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min, 2 cores)"
 
 
-def _decide_figures(got: dict[str, Any]) -> dict[str, Any]:
-    ok = ~np.isnan(got["done"])
-    # a request still unanswered when the load generator gave up has an unbounded latency
-    latency = np.where(ok, got["done"] - got["scheduled"], np.inf) * 1000
-    service = (got["done"] - got["sent"])[ok] * 1000
-    codes: dict[int, int] = {}
-    for s in got["status"][ok]:
-        codes[int(s)] = codes.get(int(s), 0) + 1
-    with_offers = held_out = capped = 0
-    reasons: dict[str, int] = {}
-    for raw, code in zip(got["answers"], got["status"], strict=True):
-        if raw is None or code != 200:
-            continue
-        body = json.loads(raw)
-        with_offers += bool(body["offers"])
-        held_out += bool(body["held_out"])
-        for r in body["reasons"]:
-            key = re.sub(r"\d+", "N", r.split(" excluded")[0])
-            if "contact" in r:
-                capped += 1
-            reasons[key] = reasons.get(key, 0) + 1
-    # answers per second while they came back (open loop: at most the offered rate)
-    ends = np.sort(got["done"][ok & (got["status"] == 200)])
-    span = ends[-1] - ends[0] if len(ends) > 1 else np.inf
-    return {
-        "n": len(got["status"]),
-        "answered": int(ok.sum()),
-        "p50": float(np.percentile(latency, 50, method="inverted_cdf")),
-        "p95": float(np.percentile(latency, 95, method="inverted_cdf")),
-        "p99": float(np.percentile(latency, 99, method="inverted_cdf")),
-        "max": float(latency.max()),
-        "service_p50": float(np.percentile(service, 50)),
-        "service_p99": float(np.percentile(service, 99)),
-        "throughput": float((len(ends) - 1) / span),
-        "codes": codes,
-        "non_200": int(ok.sum() - codes.get(200, 0)),
-        "unanswered": int((~ok).sum()),
-        "with_offers": with_offers,
-        "held_out": held_out,
-        "capped": capped,
-        "reasons": sorted(reasons.items(), key=lambda kv: -kv[1])[:4],
-        "errors": got["errors"][:3],
-        "client_cpu": got["client_cpu"],
-    }
-
-
 def _serve_run(
     root: Path, args: argparse.Namespace, workers: int, keys: dict[str, str], day: datetime
 ) -> list[Row]:
@@ -953,7 +534,7 @@ def _serve_run(
             "connections": args.connections,
             "grace": 60.0,
         }
-        warm = _run_load({**job, "rate": args.rate, "seconds": args.warmup, "seed": 99}, 300)
+        warm = run_load({**job, "rate": args.rate, "seconds": args.warmup, "seed": 99}, 300)
         values, counts = np.unique(warm["status"], return_counts=True)
         codes = {int(k): int(v) for k, v in zip(values, counts, strict=True)}
         print(
@@ -961,13 +542,13 @@ def _serve_run(
             f"counted (statuses {codes})"
         )
         _settle(server)
-        before_cpu = _cpu_seconds(server.pids())
+        before_cpu = cpu_seconds(server.pids())
         load_before = os.getloadavg()
         wall = time.perf_counter()
-        got = _run_load({**job, "rate": args.rate, "seconds": args.seconds, "seed": workers}, 600)
+        got = run_load({**job, "rate": args.rate, "seconds": args.seconds, "seed": workers}, 600)
         wall = time.perf_counter() - wall
-        server_cpu = _cpu_seconds(server.pids()) - before_cpu
-        f = _decide_figures(got)
+        server_cpu = cpu_seconds(server.pids()) - before_cpu
+        f = decide_figures(got)
         mem = server.memory()
         load_after = os.getloadavg()
         print(
@@ -1038,7 +619,7 @@ def _serve_run(
         )
         if not _settle(server):
             print(f"[{label}] the server was still busy 30 s after the decide run")
-        ev = _run_load(
+        ev = run_load(
             {
                 "kind": "events",
                 "port": server.port,
@@ -1087,9 +668,9 @@ def _settle(server: Server, limit: float = 30.0) -> bool:
     """Wait until the server is idle (under 5% of a core over half a second)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        before = _cpu_seconds(server.pids())
+        before = cpu_seconds(server.pids())
         time.sleep(0.5)
-        if _cpu_seconds(server.pids()) - before < 0.025:
+        if cpu_seconds(server.pids()) - before < 0.025:
             return True
     return False
 
@@ -1176,16 +757,18 @@ def main() -> None:
         inproc = _in_process(root, args.customers, day)
         print(
             f"in process, one request at a time (no HTTP, no concurrency), {_load_text()}:\n"
-            f"  decide (epsilon-greedy, decisions with a slate) p50 {inproc['p50']:.1f} ms, p99 "
-            f"{inproc['p99']:.1f} ms, of which (medians) the model on the campaign's "
-            f"{inproc['offers_scored']:.0f} offers {inproc['model']:.1f} ms and the store's write "
-            f"transaction (count contacts, choose the slate, record it, fsync) "
-            f"{inproc['locked']:.1f} ms\n"
-            f"  the model called back to back {inproc['predict']:.1f} ms (LightGBM's "
+            f"  decide (epsilon-greedy, decisions with a slate) p50 {inproc['p50']:.2f} ms, p99 "
+            f"{inproc['p99']:.2f} ms, CPU {inproc['cpu']:.2f} ms per decision; of which "
+            f"(medians) the model on the {inproc['offers_scored']:.0f} offers open "
+            f"{inproc['model']:.2f} ms and the store's write transaction (count contacts, "
+            f"choose the slate, record it) {inproc['locked']:.2f} ms\n"
+            f"  the model called back to back {inproc['predict']:.2f} ms ("
+            f"{'compiled trees' if inproc['forest'] else 'LightGBM'} and np.interp; through "
+            f"predict_proba_matrix {inproc['predict_proba']:.2f} ms; LightGBM's "
             f"Booster.predict: "
-            f"{inproc['booster_0']:.1f} ms with its default threads, {inproc['booster_1']:.1f} ms "
-            f"with one); a bare store transaction (count, record 3 decisions, fsync) p50 "
-            f"{inproc['txn_p50']:.1f} ms, p99 {inproc['txn_p99']:.1f} ms\n"
+            f"{inproc['booster_0']:.2f} ms with its default threads, {inproc['booster_1']:.2f} ms "
+            f"with one); a bare store transaction (count, record 3 decisions) p50 "
+            f"{inproc['txn_p50']:.2f} ms, p99 {inproc['txn_p99']:.2f} ms\n"
             f"  SQLite lets one writer in at a time, across threads and workers: holding the lock "
             f"{inproc['locked']:.1f} ms per decision caps the whole service near "
             f"{1000 / inproc['locked']:,.0f} decisions/s\n"

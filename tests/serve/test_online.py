@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,12 +15,13 @@ import pytest
 from nextbest.data.workspace import Workspace
 from nextbest.decide import load_campaign
 from nextbest.decide.assign import assign
+from nextbest.decide.batch import value_parts
 from nextbest.decide.day import day_inputs
 from nextbest.models import ModelStore
 from nextbest.serve.online import OnlineDecider, UnknownCustomer, serving_campaigns
 from nextbest.serve.schemas import DecideRequest, EventIn
 from nextbest.serve.snapshot import Snapshot, current_snapshot
-from nextbest.serve.store import OnlineStore
+from nextbest.serve.store import ContactCounts, DecisionRow, OnlineStore
 from tests.serve.conftest import DAY, Shop
 
 NOON = DAY + timedelta(hours=12)
@@ -202,3 +207,104 @@ def test_cart_then_store(shop: Shop, decider: OnlineDecider) -> None:
 def test_unknown_customer(decider: OnlineDecider) -> None:
     with pytest.raises(UnknownCustomer, match="not in the snapshot"):
         _ask(decider, "nobody", "web")
+
+
+def test_the_fast_paths_give_the_shared_code_s_numbers(shop: Shop, decider: OnlineDecider) -> None:
+    """The per-request shortcuts (compiled trees and np.interp for the calibrated model, the
+    affine value parts, one id's arm) against the shared functions they stand for."""
+    ids = _ids(shop, 300)
+    camp = decider.campaigns["daily-email"]
+    X = np.vstack([decider.matrix(decider.row(c), camp.index) for c in ids[:40]])
+    assert (decider._forest is not None) == hasattr(decider.model, "forest")
+    assert len(X) == 40 * len(camp.index)
+    want = decider.model.predict_proba_matrix(X)[:, 1]
+    got = decider.probabilities(X)
+    assert 0.001 < want.mean() < 0.5 and np.unique(want).size >= 5  # isotonic: a few steps
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    if decider._forest is not None:  # the trees' raw scores are LightGBM's, bit for bit
+        booster = decider.model.booster_.booster_
+        raw = booster.predict(X, raw_score=True, num_threads=1)
+        assert np.unique(raw).size > 1000
+        assert np.array_equal(decider._forest.raw(X), raw)
+    p_buy = np.random.default_rng(3).random((25, len(camp.offers)))
+    batch = value_parts(camp.spec, camp.offers, p_buy, camp.weight, camp.lever)
+    for i in range(len(p_buy)):
+        for fast, full in zip(camp.value_parts(p_buy[i]), batch, strict=True):
+            np.testing.assert_allclose(fast, full[i], rtol=1e-12, atol=1e-12)
+    web = decider.campaigns["web-reco"]
+    e = web.spec.campaign.experiment
+    assert e is not None
+    arms = assign(np.array(ids, dtype=object), e.name, e.salt, e.weights(), names=True)
+    assert {"holdout", "optimised"} <= set(arms)
+    assert [decider._arm(web, c) for c in ids] == list(arms)
+
+
+def test_the_service_s_store_checkpoints_off_the_request_path(tmp_path: Path) -> None:
+    """With a checkpointer the WAL reaches the database file within its period, though no
+    commit crossed SQLite's 1,000-page mark; without, it stays in the WAL."""
+
+    def decide_a_few(store: OnlineStore) -> None:
+        for i in range(30):
+            row = DecisionRow(
+                decision_id=f"d{i}", ts=NOON, customer_id=f"C{i}", offer_id="O1",
+                channel="web", slot=1, request_id=f"r{i}",
+            )  # fmt: skip
+            store.decide_atomically(
+                f"C{i}", "web", day_start=DAY, week_start=DAY, choose=lambda _c, row=row: [row]
+            )
+
+    def in_the_file(db: Path) -> int:  # the rows a reader of the main file alone would see
+        copy = db.with_name(db.stem + "-copy.db")
+        shutil.copy2(db, copy)
+        con = sqlite3.connect(copy)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            return (
+                con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+                if ("decisions" in tables)
+                else 0
+            )
+        finally:
+            con.close()
+
+    plain = OnlineStore(tmp_path / "plain.db")
+    decide_a_few(plain)
+    served = OnlineStore(tmp_path / "served.db", checkpoint_every=0.05)
+    decide_a_few(served)
+    deadline = time.monotonic() + 10
+    while in_the_file(served.path) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_the_file(served.path) == 30
+    assert in_the_file(plain.path) == 0
+    assert len(served.decisions_for("C7")) == 1  # and every row reads back as before
+    served.close()
+    plain.close()
+
+
+def test_queued_writers_keep_a_cap_across_threads(tmp_path: Path) -> None:
+    """Writers waiting their turn on the store's lock file still count and record atomically:
+    24 requests from 8 threads for one customer with room for 3 contacts record exactly 3."""
+    store = OnlineStore(tmp_path / "online.db", queue_writers=True)
+    seen: list[int] = []
+
+    def one(i: int) -> int:
+        def choose(counts: ContactCounts) -> list[DecisionRow]:
+            seen.append(counts.today)
+            if counts.today >= 3:
+                return []
+            return [
+                DecisionRow(
+                    decision_id=f"d{i}", ts=NOON, customer_id="C1", offer_id="O1",
+                    channel="web", slot=1, request_id=f"r{i}",
+                )
+            ]  # fmt: skip
+
+        rows = store.decide_atomically("C1", "web", day_start=DAY, week_start=DAY, choose=choose)
+        return len(rows)
+
+    with ThreadPoolExecutor(8) as pool:
+        recorded = sum(pool.map(one, range(24)))
+    assert recorded == 3
+    assert sorted(seen) == [0, 1, 2] + [3] * 21
+    assert (tmp_path / "online.db.writers").exists()
+    assert len(store.decisions_for("C1")) == 3

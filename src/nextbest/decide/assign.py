@@ -21,7 +21,7 @@ import pandas as pd
 
 from nextbest.errors import ConfigError
 
-__all__ = ["assign", "hash_position"]
+__all__ = ["arm_bounds", "assign", "hash_position"]
 
 
 def hash_position(customer_ids: np.ndarray, experiment: str, salt: str) -> np.ndarray:
@@ -31,7 +31,8 @@ def hash_position(customer_ids: np.ndarray, experiment: str, salt: str) -> np.nd
     return np.asarray(h / np.float64(2**64), dtype=np.float64)
 
 
-def _bounds(arms: Mapping[str, float]) -> np.ndarray:
+def arm_bounds(arms: Mapping[str, float]) -> np.ndarray:
+    """The upper boundary of each arm's share of [0, 1) (the last one infinite)."""
     if not arms:
         raise ConfigError("arms: expected at least one arm name -> weight, got none")
     bad = {
@@ -75,7 +76,7 @@ def assign(
     numpy.ndarray
         int64 arm indices, or the arm names as an object array.
     """
-    bounds = _bounds(arms)
+    bounds = arm_bounds(arms)
     u = hash_position(customer_ids, experiment, salt)
     index = np.searchsorted(bounds, u, side="right").astype(np.int64)
     if names:

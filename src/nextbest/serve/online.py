@@ -29,8 +29,11 @@ joined by ``|``: the request's, the snapshot's open cart and the cart events sin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -40,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nextbest.decide.assign import assign
+from nextbest.decide.assign import arm_bounds
 from nextbest.decide.batch import levers, value_parts
 from nextbest.decide.campaign import CampaignFile, load_campaign, parse_campaign
 from nextbest.decide.contact import CONSENT_CHANNELS, ContactState
@@ -77,6 +80,83 @@ def serving_campaigns(root: Path) -> list[CampaignFile]:
     return specs
 
 
+def _score_parts(
+    j: int,
+    p: np.ndarray,
+    buy: np.ndarray,
+    gross: np.ndarray,
+    cost: np.ndarray,
+    lever: np.ndarray,
+    value: np.ndarray,
+    shadow: np.ndarray,
+    explored: bool,
+    novel: bool,
+) -> dict[str, Any]:
+    """What a decision's score is made of, as logged with it."""
+    return {
+        "p_response": round(float(p[j]), 6),
+        "p_buy": round(float(buy[j]), 6),
+        "gross": round(float(gross[j]), 6),
+        "cost": round(float(cost[j]), 6),
+        "lever": round(float(lever[j]), 4),
+        "value": round(float(value[j]), 6),
+        "shadow_cost": round(float(shadow[j]), 6),
+        "explored": explored,
+        "novel": novel,
+    }
+
+
+def _isotonic_clip(model: Any) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """The isotonic calibration of a LightGBM-backed model as ``np.interp`` arguments, or
+    None when the model is anything else (it is then called as it is)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    calibrator = getattr(model, "calibrator_", None)
+    booster = getattr(getattr(model, "booster_", None), "booster_", None)
+    if (
+        booster is None
+        or not hasattr(booster, "predict")
+        or not isinstance(calibrator, IsotonicRegression)
+        or calibrator.out_of_bounds != "clip"
+    ):
+        return None
+    x = np.asarray(calibrator.X_thresholds_, dtype=np.float64)
+    y = np.asarray(calibrator.y_thresholds_, dtype=np.float64)
+    return x, y, float(calibrator.X_min_), float(calibrator.X_max_)
+
+
+def _forest(model: Any, sample: np.ndarray) -> Any:
+    """The model's trees as compiled arrays (``model.forest()``), compiled on ``sample`` now
+    rather than in a request; None when the model has none."""
+    make = getattr(model, "forest", None)
+    if not callable(make):
+        return None
+    try:
+        forest = make()
+        with _one_numba_thread():
+            forest.raw(np.ascontiguousarray(sample, dtype=np.float32))
+    except DataError:  # not a binary LightGBM classifier
+        return None
+    return forest
+
+
+@contextmanager
+def _one_numba_thread() -> Iterator[None]:
+    """Numba's parallel loops on one thread (in this thread only): the service scores tens of
+    rows, for which waking the other threads costs more than it gives."""
+    import numba
+
+    before = numba.get_num_threads()
+    if before == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 class UnknownCustomer(DataError):
     """The customer is not in the snapshot (unknown, joined since, or erased)."""
 
@@ -107,7 +187,62 @@ class ServingCampaign:
             out[c] = t.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
         out["brand_text"] = self.offers.brand.fillna("").astype(str).to_numpy()
         out["ids"] = self.offers.offer_id.astype(str).to_numpy()
+        for c in ("sold", "stock", "click_to_purchase"):
+            out[f"{c}_f8"] = out[c].astype(np.float64)
         return out
+
+    @cached_property
+    def offer_ids(self) -> tuple[str, ...]:
+        return tuple(self.col["ids"].tolist())
+
+    def value_parts(self, p_buy: np.ndarray) -> tuple[np.ndarray, ...]:
+        """:func:`nextbest.decide.batch.value_parts` of one customer: ``(buy, gross, cost,
+        value)`` per offer, for ``P(buy)`` per offer."""
+        affine = self._affine_value_parts
+        if affine is None:
+            parts = value_parts(
+                spec=self.spec,
+                offers=self.offers,
+                p_buy=p_buy[None, :],
+                position_weight=self.weight,
+                lever=self.lever,
+            )
+            return tuple(part[0] for part in parts)
+        return tuple(at0 + slope * p_buy for at0, slope in affine)
+
+    @cached_property
+    def _affine_value_parts(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """``value_parts`` at P(buy) 0 and the change per unit of P(buy), when it is affine in
+        P(buy) (profit and conversions are; checked at P(buy) 0.3): a request then costs two
+        operations per part instead of reading the offers' frame. None when it is not."""
+        m = len(self.offers)
+        probe = np.array([np.zeros(m), np.ones(m), np.full(m, 0.3)])
+        with np.errstate(all="ignore"):
+            parts = value_parts(self.spec, self.offers, probe, self.weight, self.lever)
+        affine = [(part[0], part[1] - part[0]) for part in parts]
+        for (at0, slope), part in zip(affine, parts, strict=True):
+            if not np.allclose(at0 + slope * 0.3, part[2], rtol=1e-12, atol=1e-12, equal_nan=True):
+                return None
+        return affine
+
+    @cached_property
+    def texts(self) -> dict[str, list[str | None]]:
+        """Name, brand and category of each offer as text (None when missing)."""
+        return {
+            c: [None if pd.isna(v) else str(v) for v in self.offers[c]]
+            for c in ("name", "brand", "category")
+        }
+
+    @cached_property
+    def arms(self) -> tuple[str, np.ndarray, list[str]] | None:
+        """The experiment's hash key, arm boundaries and arm names (None: no experiment);
+        :func:`nextbest.decide.assign.assign` for one id, without its per-call set-up."""
+        e = self.spec.campaign.experiment
+        if e is None:
+            return None
+        weights = e.weights()
+        key = hashlib.md5(f"{e.salt}:{e.name}".encode()).hexdigest()[:16]
+        return key, arm_bounds(weights), list(weights)
 
 
 def _serving_campaign(spec: CampaignFile, snap: Snapshot) -> ServingCampaign:
@@ -166,19 +301,46 @@ class OnlineDecider:
         template = np.zeros((len(snap.offers), len(names)), dtype=np.float32)
         for f, col in enumerate(snap.meta["offer_columns"]):
             template[:, names.index(col)] = snap.offer_coded[:, f]
-        self._hist: list[tuple[str, str, int, float]] = []
+        # per history level: the model's columns it fills, their places and defaults
+        self._hist: list[tuple[str, list[str], np.ndarray, np.ndarray]] = []
         for level, h in snap.history.items():
-            for col in h.columns:
-                if col in names:
-                    default = np.nan if col.endswith("_ctr") else 0.0
-                    template[:, names.index(col)] = default
-                    self._hist.append((level, col, names.index(col), default))
+            cols = [col for col in h.columns if col in names]
+            if not cols:
+                continue
+            defaults = np.array([np.nan if c.endswith("_ctr") else 0.0 for c in cols], np.float32)
+            places = np.array([names.index(c) for c in cols], dtype=np.int64)
+            template[:, places] = defaults
+            self._hist.append((level, cols, places, defaults))
         if "slot" in names:
             template[:, names.index("slot")] = 1.0
         self._template = template
         products = snap.products
         self._product_brand = dict(zip(products.product_id, products.brand, strict=True))
         self._product_category = dict(zip(products.product_id, products.category, strict=True))
+        self._feature_pos = {name: j for j, name in enumerate(names)}
+        self._calibration = _isotonic_clip(model)
+        self._forest = _forest(model, template[:1]) if self._calibration is not None else None
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """P(response) per row of coded pair features: the model's calibrated probability.
+
+        For a LightGBM booster calibrated by isotonic regression (the propensity model) this
+        is the trees' compiled walk (:meth:`nextbest.models.forest.Forest.raw`, LightGBM's
+        raw scores to the last bit, on one thread: about half of ``Booster.predict``'s time on
+        tens of rows) or else the booster on one thread, then the isotonic step function by
+        ``np.interp``, the interpolation scikit-learn does without its input checks (a third
+        of a millisecond on tens of rows); any other model goes through
+        ``predict_proba_matrix``.
+        """
+        if self._calibration is None or not len(X):
+            return np.asarray(self.model.predict_proba_matrix(X)[:, 1])
+        if self._forest is not None:
+            with _one_numba_thread():
+                raw = self._forest.probability(self._forest.raw(X))
+        else:
+            raw = self.model.booster_.booster_.predict(X, num_threads=1)
+        x, y, lo, hi = self._calibration
+        return np.clip(np.interp(np.clip(raw, lo, hi), x, y), 0.0, 1.0)
 
     # -- pieces -------------------------------------------------------------------------------
     def row(self, customer_id: str) -> int:
@@ -194,18 +356,25 @@ class OnlineDecider:
         """The coded pair features of customer ``row`` with snapshot offers ``index``."""
         X = self._template[index]
         X[:, self._cust_pos] = self.snapshot.coded[row]
-        for level, col, pos, default in self._hist:
+        for level, cols, places, defaults in self._hist:
+            # one table per level: a row per column, a column per value (the last: none)
             h = self.snapshot.history[level]
-            lo, hi = np.searchsorted(h.customer, [row, row + 1])
-            table = np.full(h.n_values + 1, default, dtype=np.float32)
-            table[h.value[lo:hi]] = h.columns[col][lo:hi]
+            lo, hi = self._span(level, row)
+            table = np.empty((len(cols), h.n_values + 1), dtype=np.float32)
+            table[:] = defaults[:, None]
+            table[:, h.value[lo:hi]] = [h.columns[c][lo:hi] for c in cols]
             codes = h.offer_value[index]
-            X[:, pos] = table[np.where(codes >= 0, codes, h.n_values)]
+            X[:, places] = table[:, np.where(codes >= 0, codes, h.n_values)].T
         return X
+
+    def _span(self, level: str, row: int) -> tuple[int, int]:
+        """Where customer ``row``'s pairs are in the history of ``level`` (sorted by row)."""
+        customer = self.snapshot.history[level].customer
+        return int(customer.searchsorted(row)), int(customer.searchsorted(row + 1))
 
     def _novel(self, row: int, index: np.ndarray) -> np.ndarray:
         h = self.snapshot.history["brand"]
-        lo, hi = np.searchsorted(h.customer, [row, row + 1])
+        lo, hi = self._span("brand", row)
         seen = (h.columns["aff_brand"][lo:hi] > 0) | (h.columns["aff_brand_shown"][lo:hi] > 0)
         return ~np.isin(h.offer_value[index], h.value[lo:hi][seen])
 
@@ -223,11 +392,13 @@ class OnlineDecider:
                 unsub.setdefault(ch, np.datetime64(e.ts.replace(tzinfo=None), "us"))
         return {"cart": list(cart), "unsubscribed": unsub}
 
-    def _context(self, req: DecideRequest, at: datetime, cart: list[str], row: int) -> dict:
+    def _context(
+        self, req: DecideRequest, at: datetime, cart: list[str], profile: dict[str, Any]
+    ) -> dict:
         ctx = req.context
         brands = {str(self._product_brand.get(p)) for p in cart if self._product_brand.get(p)}
         cats = {str(self._product_category.get(p)) for p in cart if self._product_category.get(p)}
-        profile_region = self.snapshot.profile(row).get("region")
+        profile_region = profile.get("region")
         return {
             "channel": req.channel,
             "hour": at.hour,
@@ -243,9 +414,10 @@ class OnlineDecider:
             "cart_count": len(cart),
         }
 
-    def _rule_values(self, camp: ServingCampaign, row: int, X: np.ndarray, ctx: dict) -> dict:
-        profile = self.snapshot.profile(row)
-        names = list(self.model.features_)
+    def _rule_values(
+        self, camp: ServingCampaign, profile: dict[str, Any], X: np.ndarray, ctx: dict
+    ) -> dict:
+        names = self._feature_pos
         values: dict[str, Any] = {}
         for rule, _ in camp.rules:
             for name in rule.names:
@@ -256,20 +428,24 @@ class OnlineDecider:
                 elif name in profile:
                     values[name] = np.array([profile[name]], dtype=object)
                 elif name.startswith("aff_") and name in names:
-                    values[name] = X[:, names.index(name)].astype(np.float64)
+                    values[name] = X[:, names[name]].astype(np.float64)
         return values
 
     def _arm(self, camp: ServingCampaign, customer_id: str) -> str | None:
         """The customer's arm of the campaign's experiment (hashing a single id costs a
         millisecond in pandas: kept per customer, as it never changes)."""
-        e = camp.spec.campaign.experiment
-        if e is None:
+        if camp.arms is None:
             return None
         key = (camp.name, customer_id)
         got = self._arms.get(key)
         if got is None:
+            # assign()'s hash (pandas' SipHash keyed by the salt) of this one id; categorize
+            # only deduplicates before hashing, which one id does not need
+            hash_key, bounds, names = camp.arms
             ids = np.array([customer_id], dtype=object)
-            got = str(assign(ids, e.name, e.salt, e.weights(), names=True)[0])
+            h = pd.util.hash_array(ids, hash_key=hash_key, categorize=False)
+            u = np.asarray(h / np.float64(2**64), dtype=np.float64)
+            got = names[int(np.searchsorted(bounds, u, side="right")[0])]
             if len(self._arms) >= _ARM_CACHE:
                 self._arms.clear()
             self._arms[key] = got
@@ -306,9 +482,9 @@ class OnlineDecider:
         request_id = uuid.uuid4().hex
         live = self._live(req.customer_id, row)
         cart = list(dict.fromkeys([*req.context.cart, *live["cart"]]))
-        ctx = self._context(req, at, cart, row)
-        offers = camp.offers
-        m = len(offers)
+        profile = self.snapshot.profile(row)
+        ctx = self._context(req, at, cart, profile)
+        m = len(camp.offers)
         col = camp.col
         moment = np.datetime64(at.replace(tzinfo=None), "us")
         start, end = col["start_ts"], col["end_ts"]
@@ -317,31 +493,29 @@ class OnlineDecider:
         if not eligible.any():
             reasons.append(f"no offer of campaign {c.name} is open on {c.channel} now")
         online = self.store.offer_units()
-        sold = col["sold"].astype(np.float64) + np.array([online.get(o, 0.0) for o in col["ids"]])
-        stock = col["stock"].astype(np.float64)
+        sold = col["sold_f8"]
+        if online:
+            sold = sold + np.array([online.get(o, 0.0) for o in camp.offer_ids])
+        stock = col["stock_f8"]
         in_stock = np.isnan(stock) | (stock - sold > 0)
         if (eligible & ~in_stock).any():
             reasons.append(f"{int((eligible & ~in_stock).sum())} offer(s) out of stock")
         eligible &= in_stock
         X = self.matrix(row, camp.index)
-        values = self._rule_values(camp, row, X, ctx)
+        values = self._rule_values(camp, profile, X, ctx)
         for rule, cover in camp.rules:
             ok = rule.evaluate(values, m)
             mask = ok if cover is None else np.where(np.isin(np.arange(m), cover), ok, True)
             if (eligible & ~mask).any():
                 reasons.append(f"rule {rule.source!r} excluded {int((eligible & ~mask).sum())}")
             eligible &= mask
-        p = self.model.predict_proba_matrix(X)[:, 1]
-        conversion = col["click_to_purchase"].astype(np.float64)
+        # only the offers that may be shown are scored (the others' scores are never read)
+        p = np.zeros(m)
+        if eligible.any():
+            p[eligible] = self.probabilities(X[eligible])
+        conversion = col["click_to_purchase_f8"]
         p_buy = p if self.snapshot.meta["response"] == "purchase" else p * conversion
-        buy, gross, cost, value = value_parts(
-            spec=camp.spec,
-            offers=offers,
-            p_buy=p_buy[None, :],
-            position_weight=camp.weight,
-            lever=camp.lever,
-        )
-        buy, gross, cost, value = buy[0], gross[0], cost[0], value[0]
+        buy, gross, cost, value = camp.value_parts(p_buy)
         shadow = np.zeros(m)
         for basis, price in camp.prices.items():
             shadow += price * {"units": buy, "cost": cost}.get(basis, np.ones(m))
@@ -351,9 +525,15 @@ class OnlineDecider:
         held_out = arm == "holdout"
         k = min(req.count, c.slots) if req.campaign else req.count
         day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        # what the contact check needs from the snapshot, read before the store's write lock
+        # is taken: inside it only the counts are added (the lock is held by one request at a
+        # time, across workers, so its time bounds the service's rate)
+        contact = self._contact_parts(camp, row, at, live)
+        candidates = eligible & (score > 0)
+        order = np.flatnonzero(candidates)[np.argsort(-score[candidates], kind="stable")]
 
-        def choose(counts: ContactCounts) -> list[DecisionRow]:
-            state = self._contact(camp, row, req.customer_id, at, live, counts)
+        def plan(counts: ContactCounts, reasons: list[str]) -> list[DecisionRow]:
+            state = self._contact_state(camp, req.customer_id, at, contact, counts)
             reachable = bool(state.allowed(c.channel, at)[0] and state.remaining(c.channel)[0] >= 1)
             if not reachable:
                 reasons.extend(
@@ -364,10 +544,10 @@ class OnlineDecider:
             if held_out:
                 reasons.append(f"in the holdout of experiment {c.experiment.name}")  # type: ignore[union-attr]
                 return [self._control_row(camp, request_id, req, at, arm)]
-            ok = eligible & state.offer_allowed(list(col["ids"]))[0]
+            ok = eligible & state.offer_allowed(camp.offer_ids)[0]
             if (eligible & ~ok).any():
                 reasons.append("offers shown the most times allowed were left out")
-            slate = self._slate(camp, ok & (score > 0), score, k)
+            slate = self._slate(camp, order[ok[order]], k)
             prop = np.where(slate >= 0, 1.0, 0.0)
             explored = np.zeros(k, dtype=bool)
             x = c.exploration
@@ -388,44 +568,36 @@ class OnlineDecider:
                 slate, prop, explored = ex.slates[0], ex.propensity[0], ex.explored[0]
             if not (slate >= 0).any():
                 reasons.append("no eligible offer is worth its cost at the batch's prices")
-            rows = []
-            for rank, j in enumerate(int(o) for o in slate if o >= 0):
-                parts = {
-                    "p_response": round(float(p[j]), 6),
-                    "p_buy": round(float(buy[j]), 6),
-                    "gross": round(float(gross[j]), 6),
-                    "cost": round(float(cost[j]), 6),
-                    "lever": round(float(camp.lever[j]), 4),
-                    "value": round(float(value[j]), 6),
-                    "shadow_cost": round(float(shadow[j]), 6),
-                    "explored": bool(explored[rank]),
-                    "novel": bool(novel[j]),
-                }
-                rows.append(
-                    DecisionRow(
-                        decision_id=f"{c.name}:rt:{request_id}:{rank + 1}",
-                        ts=at,
-                        customer_id=req.customer_id,
-                        offer_id=str(col["ids"][j]),
-                        channel=c.channel,
-                        slot=rank + 1,
-                        policy=f"{c.name}/realtime",
-                        score=float(score[j]),
-                        score_parts=json.dumps(parts),
-                        propensity=float(prop[rank]),
-                        experiment=c.experiment.name if c.experiment else None,
-                        arm=arm,
-                        request_id=request_id,
-                    )
+            return [
+                self._decision_row(
+                    camp, req.customer_id, request_id, at, arm, rank, j, float(prop[rank]),
+                    _score_parts(j, p, buy, gross, cost, camp.lever, value, shadow,
+                                 bool(explored[rank]), bool(novel[j])),
+                    float(score[j]),
                 )
-            return rows
+                for rank, j in enumerate(int(o) for o in slate if o >= 0)
+            ]  # fmt: skip
+
+        # Planned on the counts read now, outside the store's write lock; inside it, the plan
+        # stands if the counts are still those (nearly always), else it is made again on the
+        # counts read under the lock. Either way what is recorded was chosen on the counts of
+        # the transaction that records it, so caps hold, and the lock is held for a count and
+        # an insert, not for the contact rules and the exploration draw.
+        week_start = at - timedelta(days=7)
+        seen = self.store.contact_counts(
+            req.customer_id, c.channel, day_start=day, week_start=week_start
+        )
+        planned_reasons: list[str] = []
+        planned = plan(seen, planned_reasons)
+
+        def choose(counts: ContactCounts) -> list[DecisionRow]:
+            if counts == seen:
+                reasons.extend(planned_reasons)
+                return planned
+            return plan(counts, reasons)
 
         logged = self.store.decide_atomically(
-            req.customer_id,
-            c.channel,
-            day_start=day,
-            week_start=at - timedelta(days=7),
-            choose=choose,
+            req.customer_id, c.channel, day_start=day, week_start=week_start, choose=choose
         )
         ranked = [self._ranked(camp, r, p, value, shadow) for r in logged if r.offer_id]
         if len(ranked) < req.count and not reasons:
@@ -443,53 +615,93 @@ class OnlineDecider:
             snapshot=self.snapshot.name,
         )
 
-    def _contact(
+    def _decision_row(
         self,
         camp: ServingCampaign,
-        row: int,
         customer_id: str,
+        request_id: str,
         at: datetime,
-        live: dict[str, Any],
-        counts: ContactCounts,
-    ) -> ContactState:
-        """The customer's contact state now: the snapshot's plus what the store counted."""
+        arm: str | None,
+        rank: int,
+        j: int,
+        propensity: float,
+        parts: dict[str, Any],
+        score: float,
+    ) -> DecisionRow:
+        c = camp.spec.campaign
+        return DecisionRow(
+            decision_id=f"{c.name}:rt:{request_id}:{rank + 1}",
+            ts=at,
+            customer_id=customer_id,
+            offer_id=camp.offer_ids[j],
+            channel=c.channel,
+            slot=rank + 1,
+            policy=f"{c.name}/realtime",
+            score=score,
+            score_parts=json.dumps(parts),
+            propensity=propensity,
+            experiment=c.experiment.name if c.experiment else None,
+            arm=arm,
+            request_id=request_id,
+        )
+
+    def _contact_parts(
+        self, camp: ServingCampaign, row: int, at: datetime, live: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The snapshot's side of the customer's contact state (see :meth:`_contact_state`)."""
         snap, ch = self.snapshot, camp.spec.campaign.channel
         same_day = at.date() == snap.as_of.date()
-        consent = {c: snap.consent[c][row : row + 1].copy() for c in CONSENT_CHANNELS}
         unsub = {c: snap.unsubscribed[c][row : row + 1].copy() for c in snap.unsubscribed}
         for c, since in live["unsubscribed"].items():
             if c in unsub and np.isnat(unsub[c][0]):
                 unsub[c][0] = since
-        today = (int(snap.sent_today[ch][row]) if same_day else 0) + counts.today
-        week = int(snap.sent_week[ch][row]) + counts.week
-        offer_ids = tuple(camp.col["ids"])
         shown = snap.impressions_of(row)
-        impressions = np.array(
-            [[shown.get(o, 0) + counts.impressions.get(o, 0) for o in offer_ids]], dtype=np.int32
-        )
+        return {
+            "consent": {c: snap.consent[c][row : row + 1].copy() for c in CONSENT_CHANNELS},
+            "unsubscribed": unsub,
+            "today": int(snap.sent_today[ch][row]) if same_day else 0,
+            "week": int(snap.sent_week[ch][row]),
+            "suppressed": snap.suppressed[ch][row : row + 1].copy(),
+            "shown": [shown.get(o, 0) for o in camp.offer_ids] if shown else None,
+        }
+
+    def _contact_state(
+        self,
+        camp: ServingCampaign,
+        customer_id: str,
+        at: datetime,
+        parts: dict[str, Any],
+        counts: ContactCounts,
+    ) -> ContactState:
+        """The customer's contact state now: the snapshot's plus what the store counted."""
+        ch = camp.spec.campaign.channel
+        offer_ids = camp.offer_ids
+        shown = parts["shown"] or [0] * len(offer_ids)
+        if counts.impressions:
+            more = counts.impressions
+            shown = [s + more.get(o, 0) for s, o in zip(shown, offer_ids, strict=True)]
         return ContactState(
             customer_ids=np.array([customer_id], dtype=object),
             as_of=at,
             policy=camp.spec.campaign.contact,
-            consent=consent,
-            unsubscribed=unsub,
-            sent_today={ch: np.array([today])},
-            sent_week={ch: np.array([week])},
-            suppressed_until={ch: snap.suppressed[ch][row : row + 1].copy()},
+            consent=parts["consent"],
+            unsubscribed=parts["unsubscribed"],
+            sent_today={ch: np.array([parts["today"] + counts.today])},
+            sent_week={ch: np.array([parts["week"] + counts.week])},
+            suppressed_until={ch: parts["suppressed"]},
             offer_ids=offer_ids,
-            impressions=impressions,
+            impressions=np.array([shown], dtype=np.int32),
         )
 
-    def _slate(
-        self, camp: ServingCampaign, ok: np.ndarray, score: np.ndarray, k: int
-    ) -> np.ndarray:
-        """The best ``k`` eligible offers by score, at most ``max_per_brand`` per brand."""
+    def _slate(self, camp: ServingCampaign, order: np.ndarray, k: int) -> np.ndarray:
+        """The first ``k`` of ``order`` (eligible offers, best score first), at most
+        ``max_per_brand`` per brand."""
         cap = camp.spec.campaign.max_per_brand
         brands = camp.col["brand_text"]
         slate = np.full(k, -1, dtype=np.int64)
         used: dict[str, int] = {}
         filled = 0
-        for j in np.flatnonzero(ok)[np.argsort(-score[ok], kind="stable")]:
+        for j in order.tolist():
             if filled == k:
                 break
             if cap is not None and used.get(brands[j], 0) >= cap:
@@ -532,7 +744,7 @@ class OnlineDecider:
         value: np.ndarray,
         shadow: np.ndarray,
     ) -> RankedOffer:
-        j = int(np.flatnonzero(camp.col["ids"] == r.offer_id)[0])
+        j = camp.offer_ids.index(str(r.offer_id))
         raw = r.score_parts
         parts = (
             dict(raw) if raw is not None and not isinstance(raw, str) else json.loads(raw or "{}")
@@ -545,17 +757,13 @@ class OnlineDecider:
             why += "; drawn by exploration"
         if parts.get("novel"):
             why += "; a brand new to the customer"
-
-        def text(col: str) -> str | None:
-            v = camp.col[col][j]
-            return None if pd.isna(v) else str(v)
-
+        texts = camp.texts
         return RankedOffer(
             rank=int(r.slot),
             offer_id=str(r.offer_id),
-            name=text("name"),
-            brand=text("brand"),
-            category=text("category"),
+            name=texts["name"][j],
+            brand=texts["brand"][j],
+            category=texts["category"][j],
             decision_id=r.decision_id,
             score=round(float(r.score or 0), 6),
             value=round(float(value[j]), 6),

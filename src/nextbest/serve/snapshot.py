@@ -30,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = 1
 _WEEK = timedelta(days=7)
 _NAT = np.datetime64("NaT", "us")
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
 
 
 def customer_hash(customer_ids: Any) -> np.ndarray:
@@ -373,6 +376,7 @@ class Snapshot:
             )
         mode: Literal["r+", "r"] = "r+" if writable else "r"
         self._mode = mode
+        self._maps: list[mmap.mmap] = []
         self.name = str(self.meta["name"])
         self.as_of = datetime.fromisoformat(self.meta["as_of"])
         self.id_hash = self._load("id_hash")
@@ -409,9 +413,38 @@ class Snapshot:
         )
 
     def _load(self, name: str) -> np.ndarray:
+        """The array memory-mapped; read-only ones as plain ndarray views of the map, since
+        every slice of an ``np.memmap`` pays for its subclass (a writable one is kept as a
+        memmap, to be flushed by :meth:`erase`)."""
         path = self.folder / f"{name}.npy"
         array: np.ndarray = np.load(path, mmap_mode=self._mode, allow_pickle=False)
-        return array
+        mapped = getattr(array, "_mmap", None)
+        if mapped is not None:
+            self._maps.append(mapped)
+        return array if self._mode == "r+" else array.view(np.ndarray)
+
+    def populate(self) -> bool:
+        """Map every page of the snapshot into this process now (``MADV_POPULATE_READ``,
+        reading from disk what the page cache lacks), so that no request pays for page faults
+        on the customer rows it touches: several hundred microseconds a request otherwise,
+        on random customers among a million. The pages stay shared with the other workers
+        through the page cache. False where the kernel (before Linux 5.14) cannot."""
+        try:
+            for mapped in self._maps:
+                mapped.madvise(_MADV_POPULATE_READ)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    @cached_property
+    def product_ids(self) -> np.ndarray:
+        """The products' ids, in the order cart rows code them (object array)."""
+        return self.products.product_id.astype(str).to_numpy(dtype=object)
+
+    @cached_property
+    def offer_ids(self) -> np.ndarray:
+        """The offers' ids, in the order impression rows code them (object array)."""
+        return self.offers.offer_id.astype(str).to_numpy(dtype=object)
 
     def __len__(self) -> int:
         return len(self.id_rows)
@@ -419,35 +452,36 @@ class Snapshot:
     def row(self, customer_id: str) -> int | None:
         """The customer's row, or None when unknown or erased."""
         h = customer_hash(customer_id)[0]
-        k = int(np.searchsorted(self.id_hash, h))
-        if k < len(self.id_hash) and self.id_hash[k] == h and self.id_rows[k] >= 0:
-            return int(self.id_rows[k])
+        k = int(self.id_hash.searchsorted(h))
+        if k < len(self.id_hash) and self.id_hash[k] == h:
+            row = int(self.id_rows[k])
+            return row if row >= 0 else None
         return None
 
     def profile(self, row: int) -> dict[str, Any]:
         """The raw profile of a row: numbers (None when missing) and texts."""
         out: dict[str, Any] = {}
-        for j, col in enumerate(self.meta["numeric"]):
-            v = float(self.profile_num[row, j])
+        for col, v in zip(self.meta["numeric"], self.profile_num[row].tolist(), strict=True):
             out[col] = None if v != v else (int(v) if v.is_integer() and abs(v) < 2**53 else v)
         vocab = self.meta["vocab"]
-        for j, col in enumerate(self.meta["texts"]):
-            code = int(self.profile_text[row, j])
+        for col, code in zip(self.meta["texts"], self.profile_text[row].tolist(), strict=True):
             out[col] = vocab[col][code] if code >= 0 else None
         return out
 
     def cart_of(self, row: int) -> list[str]:
         """Products in the customer's open cart as of the snapshot."""
         customers, products = self.cart
-        lo, hi = np.searchsorted(customers, [row, row + 1])
-        ids = self.products.product_id.to_numpy()
-        return [str(ids[p]) for p in products[lo:hi] if p >= 0]
+        lo, hi = customers.searchsorted(row), customers.searchsorted(row + 1)
+        ids = self.product_ids
+        return [ids[p] for p in products[lo:hi].tolist() if p >= 0]
 
     def impressions_of(self, row: int) -> dict[str, int]:
         customers, offers, counts = self.impressions
-        lo, hi = np.searchsorted(customers, [row, row + 1])
-        ids = self.offers.offer_id.to_numpy()
-        return {str(ids[o]): int(c) for o, c in zip(offers[lo:hi], counts[lo:hi], strict=True)}
+        lo, hi = customers.searchsorted(row), customers.searchsorted(row + 1)
+        ids = self.offer_ids
+        return {
+            ids[o]: c for o, c in zip(offers[lo:hi].tolist(), counts[lo:hi].tolist(), strict=True)
+        }
 
     def erase(self, customer_id: str) -> bool:
         """Remove a customer in place: the id's hash, features, profile and contact rows."""
