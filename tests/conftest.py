@@ -33,6 +33,15 @@ def cdnow_master(ws: Workspace) -> pd.DataFrame:
     return raw
 
 
+def load_texts(ws: Workspace, files: dict[str, str]) -> Workspace:
+    """Write each ``name -> text`` into ``ws`` and ingest them; every row must load."""
+    for name, text in files.items():
+        (ws.root / name).write_text(text)
+    results = ingest(ws.warehouse, [ws.root / n for n in files], ws.config.ingest)
+    assert all(r.total("quarantined") == 0 for r in results), [r.problems for r in results]
+    return ws
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     ws = Workspace.init(tmp_path / "ws")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.features import customer_features, training_set
-from tests.conftest import cdnow_master
+from tests.conftest import cdnow_master, load_texts
 
 AS_OF = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -47,13 +47,7 @@ e17,c1,2024-05-22T00:00:00Z,add_to_cart,o2,app,,
 @pytest.fixture
 def shop(workspace: Workspace) -> Workspace:
     files = {"customers.csv": CUSTOMERS, "offers.csv": OFFERS, "events.csv": EVENTS}
-    for name, text in files.items():
-        (workspace.root / name).write_text(text)
-    results = ingest(
-        workspace.warehouse, [workspace.root / n for n in files], workspace.config.ingest
-    )
-    assert all(r.total("quarantined") == 0 for r in results), [r.problems for r in results]
-    return workspace
+    return load_texts(workspace, files)
 
 
 def test_features_match_hand_computed_values(shop: Workspace) -> None:

@@ -14,6 +14,7 @@ from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.errors import ConfigError
 from nextbest.features import customer_features, preference_shares, share_columns
+from tests.conftest import load_texts
 
 AS_OF = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -52,13 +53,7 @@ def shop(workspace: Workspace) -> Workspace:
         "offers.csv": OFFERS,
         "events.csv": EVENTS,
     }
-    for name, text in files.items():
-        (workspace.root / name).write_text(text)
-    results = ingest(
-        workspace.warehouse, [workspace.root / n for n in files], workspace.config.ingest
-    )
-    assert all(r.total("quarantined") == 0 for r in results), [r.problems for r in results]
-    return workspace
+    return load_texts(workspace, files)
 
 
 def _long(ws: Workspace, level: str) -> dict[tuple[str, str], tuple[int, float]]:

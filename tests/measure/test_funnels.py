@@ -12,6 +12,7 @@ from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.errors import ConfigError
 from nextbest.measure import acquisition_profitability, funnel, kpis_by
+from tests.conftest import load_texts
 
 CUSTOMERS = """customer_id,region,acquisition_channel
 c1,north,organic
@@ -43,13 +44,7 @@ def shop(workspace: Workspace) -> Workspace:
         "products.csv": "product_id,cost\np1,10\n",
         "events.csv": EVENTS,
     }
-    for name, text in files.items():
-        (workspace.root / name).write_text(text)
-    results = ingest(
-        workspace.warehouse, [workspace.root / n for n in files], workspace.config.ingest
-    )
-    assert all(r.total("quarantined") == 0 for r in results)
-    return workspace
+    return load_texts(workspace, files)
 
 
 def test_funnels_count_strict_member_days(shop: Workspace) -> None:
@@ -156,13 +151,7 @@ def segmented(workspace: Workspace) -> Workspace:
         "products.csv": SEG_PRODUCTS,
         "events.csv": SEG_EVENTS,
     }
-    for name, text in files.items():
-        (workspace.root / name).write_text(text)
-    results = ingest(
-        workspace.warehouse, [workspace.root / n for n in files], workspace.config.ingest
-    )
-    assert all(r.total("quarantined") == 0 for r in results)
-    return workspace
+    return load_texts(workspace, files)
 
 
 def test_funnel_by_segment_splits_the_member_days_by_segment_at_the_start(
@@ -273,13 +262,7 @@ def members_shop(workspace: Workspace) -> Workspace:
         "products.csv": SEG_PRODUCTS,
         "events.csv": MEMBER_EVENTS,
     }
-    for name, text in files.items():
-        (workspace.root / name).write_text(text)
-    results = ingest(
-        workspace.warehouse, [workspace.root / n for n in files], workspace.config.ingest
-    )
-    assert all(r.total("quarantined") == 0 for r in results)
-    return workspace
+    return load_texts(workspace, files)
 
 
 def test_member_cross_sell_finds_what_order_baskets_cannot(members_shop: Workspace) -> None:

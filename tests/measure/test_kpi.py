@@ -12,6 +12,7 @@ import pytest
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.measure.kpi import daily_kpis, headline_kpis, period_kpis
+from tests.conftest import load_texts
 
 EVENTS = """event_id,customer_id,ts,type,amount,basket_id
 e1,c1,2024-03-01T08:00:00Z,email_sent,,
@@ -102,13 +103,7 @@ def sliced(workspace: Workspace) -> Workspace:
         "products.csv": "product_id,cost\np1,10\n",
         "events.csv": SLICE_EVENTS,
     }
-    for name, text in files.items():
-        (workspace.root / name).write_text(text)
-    results = ingest(
-        workspace.warehouse, [workspace.root / n for n in files], workspace.config.ingest
-    )
-    assert all(r.total("quarantined") == 0 for r in results)
-    return workspace
+    return load_texts(workspace, files)
 
 
 def test_daily_kpis_one_row_per_day_with_hand_computed_values(sliced: Workspace) -> None:

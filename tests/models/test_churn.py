@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.errors import ConfigError, DataError
 from nextbest.models.churn import (
@@ -26,7 +25,7 @@ from nextbest.models.churn import (
 )
 from nextbest.models.classifier import CalibratedBoostedClassifier
 from nextbest.models.clv import BetaGeoModel
-from tests.conftest import cdnow_master
+from tests.conftest import cdnow_master, load_texts
 
 HOLDOUT = "1998-01-01"  # labels 1998-01-01..1998-03-31; CDNOW ends 1998-06-30
 
@@ -195,11 +194,7 @@ def test_a_warehouse_without_purchases(workspace: Workspace) -> None:
         train_churn(workspace.warehouse, "1997-10-01", horizon_days=30)
     files = {"customers.csv": "customer_id,signup_ts\nc1,1997-01-01T00:00:00Z\n"}
     files["events.csv"] = NO_PURCHASES
-    for name, text in files.items():
-        (workspace.root / name).write_text(text)
-    paths = [workspace.root / name for name in files]
-    results = ingest(workspace.warehouse, paths, workspace.config.ingest)
-    assert all(r.total("quarantined") == 0 for r in results), [r.problems for r in results]
+    load_texts(workspace, files)
     with pytest.raises(DataError, match=r"no customer made a purchase before 1997-04-09: .*'pur"):
         train_churn(workspace.warehouse, "1997-05-08", horizon_days=29)
 
