@@ -125,6 +125,21 @@ class PairScorer:
         self._coded_for, self._coded = model, out
         return out
 
+    def source(self, name: str) -> str:
+        """Where a model feature comes from: ``slot``, ``customer``, ``offer`` or ``history``."""
+        if name == "slot":
+            return "slot"
+        if name in self.customers.columns:
+            return "customer"
+        if name in self.offers.columns:
+            return "offer"
+        if any(name in h.values for h in self.history.values()):
+            return "history"
+        raise DataError(
+            f"the propensity model needs feature {name!r}, which decisions do not "
+            "build: retrain it on the current features"
+        )
+
     def matrix(self, model: Any, rows: np.ndarray, coded: dict[str, np.ndarray]) -> np.ndarray:
         """The coded features of the pairs of customers ``rows`` (sorted), customer-major."""
         m = len(self.offers)
@@ -133,19 +148,15 @@ class PairScorer:
         X = np.empty((k * m, len(names)), dtype=np.float32)
         defaults = self._defaults()
         for f, name in enumerate(names):
-            if name == "slot":
+            source = self.source(name)
+            if source == "slot":
                 X[:, f] = 1.0
-            elif name in self.customers.columns:
+            elif source == "customer":
                 X[:, f] = np.repeat(coded[name][rows], m)
-            elif name in self.offers.columns:
+            elif source == "offer":
                 X[:, f] = np.tile(coded[name], k)
-            elif name in defaults:
+            else:  # a history column: its default, then the rows filled in below
                 X[:, f] = defaults[name]
-            else:
-                raise DataError(
-                    f"the propensity model needs feature {name!r}, which decisions do not "
-                    "build: retrain it on the current features"
-                )
         where = {name: f for f, name in enumerate(names)}
         for h in self.history.values():
             lo, hi = np.searchsorted(h.customer, [rows[0], rows[-1] + 1]) if k else (0, 0)
@@ -215,28 +226,24 @@ class _Walk:
         offer_values = np.zeros((len(names), m))
         levels = list(scorer.history)
         for f, name in enumerate(names):
-            if name == "slot" or name in scorer.customers.columns:
+            source = scorer.source(name)
+            if source in ("slot", "customer"):
                 col[f] = len(customer_cols)
-                one = np.ones(n, np.float32) if name == "slot" else coded[name]
+                one = np.ones(n, np.float32) if source == "slot" else coded[name]
                 customer_cols.append(np.asarray(one, dtype=np.float32))
-            elif name in scorer.offers.columns:
+            elif source == "offer":
                 kind[f] = 1
                 offer_values[f] = coded[name]
-            elif name in defaults:
+            else:
                 kind[f] = 2
                 col[f] = len(pair_names)
                 pair_names.append(name)
                 level[f] = next(
                     i for i, lv in enumerate(levels) if name in scorer.history[lv].values
                 )
-            else:
-                raise DataError(
-                    f"the propensity model needs feature {name!r}, which decisions do not "
-                    "build: retrain it on the current features"
-                )
         C = np.column_stack(customer_cols) if customer_cols else np.zeros((n, 1), np.float32)
         # the history rows of every level, by customer; value codes numbered across levels
-        parts, codes, offset = [], [], 0
+        parts, offset = [], 0
         vmask_bits = []
         for i, lv in enumerate(levels):
             h = scorer.history[lv]
@@ -248,7 +255,6 @@ class _Walk:
             has = h.offer_value >= 0
             bits[h.offer_value[has], np.flatnonzero(has)] = True
             vmask_bits.append(bits)
-            codes.append(h.n_values)
             offset += h.n_values
         customer = np.concatenate([p[0] for p in parts])
         order = np.argsort(customer, kind="stable")
