@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from nextbest.data.workspace import Workspace
-from nextbest.decide.batch import build_problem, decision_id
+from nextbest.decide.batch import build_problem
 from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.day import day_inputs
+from nextbest.decide.output import decision_id
 from nextbest.errors import DataError
 from nextbest.models.store import ModelStore
 

@@ -18,10 +18,11 @@ import numpy as np
 
 from nextbest.data.ingest import LoadResult, ingest
 from nextbest.data.workspace import Workspace
-from nextbest.decide.batch import DayPlan, decision_rows, plan_day, summary, write_outputs
+from nextbest.decide.batch import DayPlan, plan_day
 from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.day import day_inputs
 from nextbest.decide.explore import offer_posteriors
+from nextbest.decide.output import decision_rows, summary, write_outputs
 from nextbest.errors import ConfigError
 from nextbest.models.store import ModelStore
 from nextbest.progress import NullReporter, Reporter

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.decide import CampaignFile, day_inputs, decide, parse_campaign
-from nextbest.decide.batch import decision_rows
+from nextbest.decide.output import decision_rows
 from nextbest.errors import ConfigError, DataError
 from nextbest.models import ModelStore, TrainOptions, train
 from nextbest.simulate import DayOutcome, PopularPolicy, RandomPolicy, RetailEnvironment, World
