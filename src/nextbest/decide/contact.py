@@ -400,8 +400,8 @@ def contact_state(
         sends = sends.mutate(channel=ibis.cases(*((sends.type == t, c) for t, c in _SENDS.items())))
         day = as_of.replace(hour=0, minute=0, second=0, microsecond=0)
         counts = sends.group_by(["customer_id", "channel"]).aggregate(
-            today=(sends.ts >= _ts(day)).cast("int64").sum(),
-            week=(sends.ts >= _ts(as_of - timedelta(days=7))).cast("int64").sum(),
+            today=sends.count(where=sends.ts >= _ts(day)),
+            week=sends.count(where=sends.ts >= _ts(as_of - timedelta(days=7))),
         )
         counts = counts.filter(counts.week > 0).execute()
         state.sent_today = _per_channel(counts, index, "today", 0)

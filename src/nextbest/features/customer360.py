@@ -77,35 +77,40 @@ def customer_features(warehouse: Warehouse, as_of: datetime) -> ir.Table:
     def within(days: int) -> ir.BooleanValue:
         return ev[f"_in{days}"]
 
+    def rows(where: ir.BooleanValue) -> ir.IntegerScalar:
+        # COUNT(*) FILTER: a SUM of 0/1 integers is a 128-bit sum in DuckDB, 0.5 s a column
+        # at 1M customers x 5M events
+        return ev.count(where=where)
+
     metrics: dict[str, ir.Value] = {
         "last_purchase_age": ibis.cases((purchase, age), else_=ibis.null("float64")).min(),
         "monetary_all": ibis.cases((purchase, amount), else_=0).sum(),
-        "referrals_made": (t == "referral").cast("int64").sum(),
+        "referrals_made": rows(t == "referral"),
         "last_contact_age": ibis.cases((ev._contact, age), else_=ibis.null("float64")).min(),
-        "carts_365": ((t == "add_to_cart") & within(365)).cast("int64").sum(),
-        "lines_365": (purchase & within(365)).cast("int64").sum(),
-        "returns_365": ((t == "return") & within(365)).cast("int64").sum(),
-        "acts_365": (ev._act & within(365)).cast("int64").sum(),
+        "carts_365": rows((t == "add_to_cart") & within(365)),
+        "lines_365": rows(purchase & within(365)),
+        "returns_365": rows((t == "return") & within(365)),
+        "acts_365": rows(ev._act & within(365)),
     }
     for ch in _CHANNELS:
-        metrics[f"acts_{ch}"] = (ev._act & within(365) & (ev.channel == ch)).cast("int64").sum()
+        metrics[f"acts_{ch}"] = rows(ev._act & within(365) & (ev.channel == ch))
     for w in WINDOWS:
         metrics[f"monetary_{w}"] = ibis.cases((purchase & within(w), amount), else_=0).sum()
-        metrics[f"visits_{w}"] = ((t == "visit") & within(w)).cast("int64").sum()
+        metrics[f"visits_{w}"] = rows((t == "visit") & within(w))
     for w in WINDOWS[:2]:
         for kind, name in (
             ("email_sent", "sent"),
             ("email_open", "opens"),
             ("email_click", "clicks"),
         ):
-            metrics[f"_{name}_{w}"] = ((t == kind) & within(w)).cast("int64").sum()
+            metrics[f"_{name}_{w}"] = rows((t == kind) & within(w))
     # orders (a basket, or a line without one) counted once: an order is in a window when
     # one of its lines is
     lines = ev.filter(purchase)
     orders = lines.group_by(["customer_id", "_order"]).aggregate(_age=lines._age.min())
     frequency = orders.group_by("customer_id").aggregate(
         frequency_all=orders.count(),
-        **{f"frequency_{w}": (orders._age <= w).cast("int64").sum() for w in WINDOWS},
+        **{f"frequency_{w}": orders.count(where=orders._age <= w) for w in WINDOWS},
     )
     agg = ev.group_by("customer_id").aggregate(**metrics)
     agg = agg.left_join(frequency, "customer_id").drop("customer_id_right")
@@ -200,7 +205,7 @@ def training_set(
     )
     soon = ibis.literal(as_of + timedelta(days=short), type="timestamp('UTC')")
     labels = future.group_by("customer_id").aggregate(
-        _soon=(future.ts < soon).cast("int64").sum(), _any=future.count()
+        _soon=future.count(where=future.ts < soon), _any=future.count()
     )
     out = features.left_join(labels, "customer_id").drop("customer_id_right")
     return out.mutate(

@@ -78,7 +78,7 @@ def _affinity(warehouse: Warehouse, as_of: datetime, level: str) -> ir.Table:
     offers = warehouse.table("offers").select("offer_id", level)
     lines = ev.join(offers, "offer_id")
     counts = {
-        f"aff_{level}_{kind}s": (lines.type == event).cast("int64").sum()
+        f"aff_{level}_{kind}s": lines.count(where=lines.type == event)
         for kind, event in (
             ("view", "view"),
             ("click", "email_click"),

@@ -129,7 +129,7 @@ def kpis_by(
     if groups is not None:
         ev = ev.join(groups.select("customer_id", "group"), "customer_id")
         if "_joined" in groups.columns:
-            members = groups.group_by("group").aggregate(members=groups._joined.cast("int64").sum())
+            members = groups.group_by("group").aggregate(members=groups.count(where=groups._joined))
         else:
             members = groups.group_by("group").aggregate(members=groups.count())
     else:
@@ -145,11 +145,11 @@ def kpis_by(
         ).nunique(),
         revenue=ibis.cases((purchase, amount), (t == "return", -amount), else_=0).sum(),
         margin=ibis.cases((purchase & ev.unit_cost.notnull(), line_margin), else_=0).sum(),
-        visits=(t == "visit").cast("int64").sum(),
-        sent=(t == "email_sent").cast("int64").sum(),
-        opens=(t == "email_open").cast("int64").sum(),
-        clicks=(t == "email_click").cast("int64").sum(),
-        unsubscribes=(t == "unsubscribe").cast("int64").sum(),
+        visits=ev.count(where=t == "visit"),
+        sent=ev.count(where=t == "email_sent"),
+        opens=ev.count(where=t == "email_open"),
+        clicks=ev.count(where=t == "email_click"),
+        unsubscribes=ev.count(where=t == "unsubscribe"),
     )
     out = members.left_join(agg, "group").drop("group_right")
     zero = ibis.literal(0)

@@ -193,11 +193,11 @@ def _metrics(ev: ir.Table) -> dict[str, ir.Value]:
         "active_members": ibis.cases(
             (purchase, ev.customer_id), else_=ibis.null("string")
         ).nunique(),
-        "visits": (t == "visit").cast("int64").sum(),
-        "emails_sent": (t == "email_sent").cast("int64").sum(),
-        "opens": (t == "email_open").cast("int64").sum(),
-        "clicks": (t == "email_click").cast("int64").sum(),
-        "unsubscribes": (t == "unsubscribe").cast("int64").sum(),
+        "visits": ev.count(where=t == "visit"),
+        "emails_sent": ev.count(where=t == "email_sent"),
+        "opens": ev.count(where=t == "email_open"),
+        "clicks": ev.count(where=t == "email_click"),
+        "unsubscribes": ev.count(where=t == "unsubscribe"),
     }
 
 
