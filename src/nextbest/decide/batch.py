@@ -91,12 +91,15 @@ def value_parts(
     (conversions), ``lever x buy x order value`` (revenue), or, for incremental margin,
     ``lever x w x effect x appeal / slots x margin - cost`` with ``appeal`` the pair's purchase
     probability against the customer's average. The batch and the real-time service both use it.
+    The parts have the precision of ``p_buy`` (float32 in the batch: 40M pairs of four parts).
     """
     c = spec.campaign
     m = len(offers)
-    margin = offers.margin.fillna(0).to_numpy(np.float64)
-    unit_cost = offers.unit_cost.fillna(0).to_numpy(np.float64)
-    redemption = offers.redemption_cost.to_numpy(np.float64)
+    kind = p_buy.dtype if p_buy.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    margin = offers.margin.fillna(0).to_numpy(kind)
+    unit_cost = offers.unit_cost.fillna(0).to_numpy(kind)
+    redemption = offers.redemption_cost.to_numpy(kind)
+    lever = np.asarray(lever, dtype=kind)
     buy = position_weight * p_buy
     cost = unit_cost[None, :] + buy * redemption[None, :]
     if c.objective == "profit":
@@ -106,14 +109,15 @@ def value_parts(
         gross = lever * buy
         value = gross
     elif c.objective == "revenue":
-        aov = order_value if order_value is not None else np.full(m, 1.0)
+        aov = np.asarray(order_value if order_value is not None else np.ones(m), dtype=kind)
         gross = lever * buy * aov
         value = gross
     else:  # incremental_margin
         if effect is None:
             raise ValueError("incremental_margin needs the uplift model's effect per customer")
         appeal = p_buy / np.maximum(1e-12, p_buy.mean(axis=1, keepdims=True))
-        gross = lever * position_weight * effect[:, None] * appeal / c.slots * margin
+        tau = np.asarray(effect, dtype=kind)[:, None]
+        gross = lever * position_weight * tau * appeal / c.slots * margin
         value = gross - cost
     return buy, gross, cost, value
 
@@ -141,13 +145,14 @@ def build_problem(
     couplings = _couplings(spec, offers, buy)
     brands = offers.brand.fillna("").astype(str).to_numpy()
     group = np.unique(brands, return_inverse=True)[1]
+    buy, gross, cost = (np.asarray(x, dtype=np.float32) for x in (buy, gross, cost))
     problem = AllocationProblem(
-        value=value.astype(np.float32),
+        value=np.asarray(value, dtype=np.float32),
         eligible=inputs.eligible,
         slots=inputs.slots,
         couplings=couplings,
-        units=buy.astype(np.float32),
-        cost=cost.astype(np.float32),
+        units=buy,
+        cost=cost,
         offer_ids=offers.offer_id.to_numpy(),
         group=group,
         max_per_group=c.max_per_brand,

@@ -264,11 +264,13 @@ def day_inputs(
     reporter.finish()
     # the batch scores only the customers it may write to; an explanation scores everyone asked
     scored = None if customer_ids is not None else np.flatnonzero(eligible.any(axis=1) & ~holdout)
-    p = scorer.score(model, rows=scored, reporter=reporter)
+    p = scorer.score(model, rows=scored, reporter=reporter, dtype=np.float32)
     response = str(manifest.params.get("response", "click"))
     weights = list(c.position_weights[: c.slots]) or position_weights(model, scorer, c.slots)
     p_buy = (
-        p if response == "purchase" else p * click_to_purchase(warehouse, offers, as_of)[None, :]
+        p
+        if response == "purchase"
+        else p * click_to_purchase(warehouse, offers, as_of).astype(np.float32)[None, :]
     )
     slots = np.where(holdout, 0, c.slots).astype(np.int64)
     return DayInputs(

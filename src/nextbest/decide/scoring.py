@@ -174,9 +174,16 @@ class PairScorer:
         return X
 
     def score(
-        self, model: Any, *, rows: np.ndarray | None = None, reporter: Reporter | None = None
+        self,
+        model: Any,
+        *,
+        rows: np.ndarray | None = None,
+        reporter: Reporter | None = None,
+        dtype: Any = np.float64,
     ) -> np.ndarray:
         """n x m: the model's probability for every pair at slot 1 (0 outside ``rows``).
+
+        ``dtype``: the batch keeps float32 (160 MB, not 320, per million customers x 40 offers).
 
         The trees are walked once per customer for all offers (:mod:`._pair_kernels`), with
         LightGBM's numbers; :meth:`matrix` and the model's ``predict_proba_matrix`` give the
@@ -187,7 +194,7 @@ class PairScorer:
         rows = np.arange(n) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
         reporter.start(len(rows), f"Scoring {len(rows):,} customers x {m} offers")
         walk = _Walk.build(self, model)
-        p = np.zeros((n, m))
+        p = np.zeros((n, m), dtype=dtype)
         step = max(1, _BLOCK_ROWS // max(m, 1))
         for a in range(0, len(rows), step):
             block = rows[a : a + step]
