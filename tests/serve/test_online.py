@@ -308,3 +308,21 @@ def test_queued_writers_keep_a_cap_across_threads(tmp_path: Path) -> None:
     assert sorted(seen) == [0, 1, 2] + [3] * 21
     assert (tmp_path / "online.db.writers").exists()
     assert len(store.decisions_for("C1")) == 3
+
+
+def test_one_id_s_hash_position_is_assign_s() -> None:
+    """hash_position (SipHash and pandas' mix on a Python int) against
+    decide.assign.hash_position (pandas' hash_array), on ids of every kind of text."""
+    import hashlib
+
+    from nextbest.decide.assign import hash_position as reference
+    from nextbest.serve.campaigns import hash_position
+
+    rng = np.random.default_rng(5)
+    ids = [f"C{i:07d}" for i in rng.integers(0, 10**7, 3000)]
+    ids += ["", "é", "Zoë-Müller", "中文客户", "x" * 500, "a\tb", "🙂"]
+    key = hashlib.md5(b"t1:web-reco").hexdigest()[:16]
+    want = reference(np.array(ids, dtype=object), "web-reco", "t1")
+    got = np.array([hash_position(c, key) for c in ids])
+    assert np.array_equal(got, want)
+    assert 0.45 < float(np.mean(got)) < 0.55 and got.min() >= 0.0 and got.max() < 1.0

@@ -455,3 +455,49 @@ def test_sync_loads_once_quarantines_strangers_and_applies_erasures(small_shop: 
     sim = pq.read_table(ws.root.parent / "sim" / "decisions.parquet").to_pandas()
     assert wh.count("decisions") == before[1] + 4 - int((sim.customer_id == gone).sum())
     store.close()
+
+
+def test_contact_counts_match_a_count_of_the_rows(tmp_path: Path) -> None:
+    """The one-statement count (read early, and again under the write lock) against a count of
+    the recorded contacts in Python: distinct requests per channel today and this week, and
+    every showing per offer on any channel."""
+    import random
+
+    store = OnlineStore(tmp_path / "online.db")
+    rng = random.Random(7)
+    rows: list[tuple[str, str, datetime, str, str | None]] = []
+    for r in range(400):
+        customer, channel = rng.choice(["A", "B", "C"]), rng.choice(["email", "web", "app"])
+        at = (
+            DAY
+            + timedelta(hours=12)
+            - timedelta(days=rng.randrange(10), minutes=rng.randrange(1440))
+        )
+        offers = rng.sample(["O1", "O2", "O3", "O4", None], rng.randrange(1, 4))
+        rows += [(customer, channel, at, f"r{r}", o) for o in offers]
+    con = store._con()
+    con.executemany(
+        "INSERT INTO contacts (customer_id, channel, ts, request_id, offer_id) VALUES "
+        "(?, ?, ?, ?, ?)",
+        [(c, ch, at.isoformat(timespec="microseconds"), rq, o) for c, ch, at, rq, o in rows],
+    )
+    week_start = DAY - timedelta(days=7)
+    found: list[ContactCounts] = []
+    for customer in ("A", "B", "C", "nobody"):
+        for channel in ("email", "web", "app"):
+            mine = [r for r in rows if r[0] == customer]
+            today = {rq for _, ch, at, rq, _ in mine if ch == channel and at >= DAY}
+            week = {rq for _, ch, at, rq, _ in mine if ch == channel and at >= week_start}
+            shown = Counter(str(o) for *_, o in mine if o is not None)
+            early = store.contact_counts(customer, channel, day_start=DAY, week_start=week_start)
+            assert early == ContactCounts(len(today), len(week), dict(shown))
+            found.append(early)
+        # peek: what decide_atomically gives choose, under the write lock
+        assert peek(store, customer) == store.contact_counts(
+            customer, "email", day_start=DAY, week_start=DAY
+        )
+    assert sum(c.today > 0 for c in found) >= 6 and found[-1] == ContactCounts(0, 0, {})
+    # events wait for the disk; decisions (another connection) only for the process to live
+    assert store._con().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store._con(fsync=False).execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    store.close()

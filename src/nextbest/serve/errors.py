@@ -49,6 +49,7 @@ __all__ = [
     "ErrorDetail",
     "ErrorInfo",
     "add_error_handling",
+    "api_error_response",
     "error_response",
 ]
 
@@ -165,11 +166,19 @@ _repr.maxlist = _repr.maxdict = _repr.maxset = _repr.maxtuple = 6
 _repr.maxlevel = 2
 
 
+def api_error_response(exc: ApiError | NextbestError) -> JSONResponse:
+    """The answer to an :class:`ApiError`, or to one of nextbest's errors raised in a route."""
+    if isinstance(exc, ApiError):
+        return error_response(
+            exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers
+        )
+    status, code = next((s, c) for cls, s, c in _NEXTBEST if isinstance(exc, cls))
+    return error_response(status, code, str(exc))
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(
-        exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers
-    )
+    return api_error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -191,8 +200,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _nextbest_error(request: Request, exc: Exception) -> JSONResponse:
-    status, code = next((s, c) for cls, s, c in _NEXTBEST if isinstance(exc, cls))
-    return error_response(status, code, str(exc))
+    assert isinstance(exc, NextbestError)
+    return api_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -25,59 +25,41 @@ Rule names from the request: ``channel``, ``hour``, ``weekday``, ``weather``, ``
 ``device``, ``page``, ``region`` (the request's, else the customer's), ``cart`` (product ids
 joined by ``|``: the request's, the snapshot's open cart and the cart events since),
 ``cart_categories``, ``cart_brands`` and ``cart_count``.
+
+The campaigns are readied for serving in :mod:`.campaigns`, the model is called as
+:mod:`.scoring` says, and ``POST /v1/decide`` reaches :meth:`OnlineDecider.decide` through
+:mod:`.fastpath` when the request is valid.
 """
 
 from __future__ import annotations
 
-import hashlib
+import bisect
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from nextbest.decide.assign import arm_bounds
-from nextbest.decide.batch import levers, value_parts
-from nextbest.decide.campaign import CampaignFile, load_campaign, parse_campaign
+from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.contact import CONSENT_CHANNELS, ContactState
-from nextbest.decide.day import with_settings
-from nextbest.decide.explore import explore, thompson_table
-from nextbest.decide.rules import Rule, compile_rule
+from nextbest.decide.explore import explore
 from nextbest.errors import ConfigError, DataError
+from nextbest.serve.campaigns import (
+    ServingCampaign,
+    hash_position,
+    serving_campaign,
+    serving_campaigns,
+)
 from nextbest.serve.schemas import DecideRequest, DecideResponse, RankedOffer
+from nextbest.serve.scoring import compiled_forest, isotonic_clip, one_numba_thread
 from nextbest.serve.snapshot import Snapshot
 from nextbest.serve.store import ContactCounts, DecisionRow, OnlineStore
 
 __all__ = ["OnlineDecider", "ServingCampaign", "UnknownCustomer", "serving_campaigns"]
 
-_SUPPORTED = ("profit", "conversions")
-_DEFAULT_CHANNELS = ("web", "app", "store")
 _ARM_CACHE = 1_000_000  # customers' arms kept in memory (about 150 MB at the most)
 _NAT = np.datetime64("NaT", "us")
-
-
-def serving_campaigns(root: Path) -> list[CampaignFile]:
-    """The campaigns the service decides with: ``WORKSPACE/campaign.toml``, every
-    ``WORKSPACE/campaigns/*.toml``, and a 3-offer ``realtime-<channel>`` campaign (profit, no
-    experiment) for each of web, app and store that none of them serves."""
-    files = [root / "campaign.toml", *sorted((root / "campaigns").glob("*.toml"))]
-    specs = [load_campaign(f) for f in files if f.exists()]
-    names = [s.campaign.name for s in specs]
-    if len(set(names)) < len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"campaigns: the name {twice[0]!r} is used by two campaign files")
-    served = {s.campaign.channel for s in specs}
-    for ch in _DEFAULT_CHANNELS:
-        if ch not in served:
-            specs.append(parse_campaign({"campaign": {"name": f"realtime-{ch}", "channel": ch}}))
-    return specs
 
 
 def _score_parts(
@@ -106,179 +88,8 @@ def _score_parts(
     }
 
 
-def _isotonic_clip(model: Any) -> tuple[np.ndarray, np.ndarray, float, float] | None:
-    """The isotonic calibration of a LightGBM-backed model as ``np.interp`` arguments, or
-    None when the model is anything else (it is then called as it is)."""
-    from sklearn.isotonic import IsotonicRegression
-
-    calibrator = getattr(model, "calibrator_", None)
-    booster = getattr(getattr(model, "booster_", None), "booster_", None)
-    if (
-        booster is None
-        or not hasattr(booster, "predict")
-        or not isinstance(calibrator, IsotonicRegression)
-        or calibrator.out_of_bounds != "clip"
-    ):
-        return None
-    x = np.asarray(calibrator.X_thresholds_, dtype=np.float64)
-    y = np.asarray(calibrator.y_thresholds_, dtype=np.float64)
-    return x, y, float(calibrator.X_min_), float(calibrator.X_max_)
-
-
-def _forest(model: Any, sample: np.ndarray) -> Any:
-    """The model's trees as compiled arrays (``model.forest()``), compiled on ``sample`` now
-    rather than in a request; None when the model has none."""
-    make = getattr(model, "forest", None)
-    if not callable(make):
-        return None
-    try:
-        forest = make()
-        with _one_numba_thread():
-            forest.raw(np.ascontiguousarray(sample, dtype=np.float32))
-    except DataError:  # not a binary LightGBM classifier
-        return None
-    return forest
-
-
-@contextmanager
-def _one_numba_thread() -> Iterator[None]:
-    """Numba's parallel loops on one thread (in this thread only): the service scores tens of
-    rows, for which waking the other threads costs more than it gives."""
-    import numba
-
-    before = numba.get_num_threads()
-    if before == 1:
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-
-
 class UnknownCustomer(DataError):
     """The customer is not in the snapshot (unknown, joined since, or erased)."""
-
-
-@dataclass
-class ServingCampaign:
-    """A campaign ready to serve: its offers among the snapshot's, with settings and prices."""
-
-    spec: CampaignFile
-    index: np.ndarray  # positions of its offers in the snapshot's offers
-    offers: pd.DataFrame  # those offers, with the campaign's settings
-    lever: np.ndarray
-    prices: dict[str, np.ndarray]  # basis -> per offer, the batch's price (0 if not priced)
-    weight: float  # the average position weight
-    rules: list[tuple[Rule, np.ndarray | None]]  # rule, the offers it covers (None: all)
-    thompson: np.ndarray | None = None  # the posterior's table, built once (not per request)
-
-    @property
-    def name(self) -> str:
-        return self.spec.campaign.name
-
-    @cached_property
-    def col(self) -> dict[str, np.ndarray]:
-        """The offers' columns as arrays (a request reads them, never the frame)."""
-        out = {c: self.offers[c].to_numpy() for c in self.offers.columns}
-        for c in ("start_ts", "end_ts"):
-            t = pd.to_datetime(self.offers[c], utc=True)
-            out[c] = t.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
-        out["brand_text"] = self.offers.brand.fillna("").astype(str).to_numpy()
-        out["ids"] = self.offers.offer_id.astype(str).to_numpy()
-        for c in ("sold", "stock", "click_to_purchase"):
-            out[f"{c}_f8"] = out[c].astype(np.float64)
-        return out
-
-    @cached_property
-    def offer_ids(self) -> tuple[str, ...]:
-        return tuple(self.col["ids"].tolist())
-
-    def value_parts(self, p_buy: np.ndarray) -> tuple[np.ndarray, ...]:
-        """:func:`nextbest.decide.batch.value_parts` of one customer: ``(buy, gross, cost,
-        value)`` per offer, for ``P(buy)`` per offer."""
-        affine = self._affine_value_parts
-        if affine is None:
-            parts = value_parts(
-                spec=self.spec,
-                offers=self.offers,
-                p_buy=p_buy[None, :],
-                position_weight=self.weight,
-                lever=self.lever,
-            )
-            return tuple(part[0] for part in parts)
-        return tuple(at0 + slope * p_buy for at0, slope in affine)
-
-    @cached_property
-    def _affine_value_parts(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
-        """``value_parts`` at P(buy) 0 and the change per unit of P(buy), when it is affine in
-        P(buy) (profit and conversions are; checked at P(buy) 0.3): a request then costs two
-        operations per part instead of reading the offers' frame. None when it is not."""
-        m = len(self.offers)
-        probe = np.array([np.zeros(m), np.ones(m), np.full(m, 0.3)])
-        with np.errstate(all="ignore"):
-            parts = value_parts(self.spec, self.offers, probe, self.weight, self.lever)
-        affine = [(part[0], part[1] - part[0]) for part in parts]
-        for (at0, slope), part in zip(affine, parts, strict=True):
-            if not np.allclose(at0 + slope * 0.3, part[2], rtol=1e-12, atol=1e-12, equal_nan=True):
-                return None
-        return affine
-
-    @cached_property
-    def texts(self) -> dict[str, list[str | None]]:
-        """Name, brand and category of each offer as text (None when missing)."""
-        return {
-            c: [None if pd.isna(v) else str(v) for v in self.offers[c]]
-            for c in ("name", "brand", "category")
-        }
-
-    @cached_property
-    def arms(self) -> tuple[str, np.ndarray, list[str]] | None:
-        """The experiment's hash key, arm boundaries and arm names (None: no experiment);
-        :func:`nextbest.decide.assign.assign` for one id, without its per-call set-up."""
-        e = self.spec.campaign.experiment
-        if e is None:
-            return None
-        weights = e.weights()
-        key = hashlib.md5(f"{e.salt}:{e.name}".encode()).hexdigest()[:16]
-        return key, arm_bounds(weights), list(weights)
-
-
-def _serving_campaign(spec: CampaignFile, snap: Snapshot) -> ServingCampaign:
-    c = spec.campaign
-    if c.objective not in _SUPPORTED:
-        raise ConfigError(
-            f"campaign {c.name}: objective {c.objective!r} is not served in real time yet; "
-            f"expected one of {', '.join(_SUPPORTED)}"
-        )
-    frame = snap.offers
-    channels = frame.channels.fillna("").astype(str).str.split("|")
-    on = np.array([not ch or c.channel in ch for ch in channels]) | frame.channels.isna().to_numpy()
-    index = np.flatnonzero(on)
-    offers = frame.iloc[index].reset_index(drop=True)
-    offers = with_settings(spec, offers)
-    index = index[np.isin(frame.offer_id.to_numpy()[index], offers.offer_id.to_numpy())]
-    batch = snap.meta["batch"].get(c.name, {"prices": {}, "position_weights": [1.0]})
-    prices = {
-        basis: np.array([float(got.get(o, 0.0)) for o in offers.offer_id])
-        for basis, got in batch["prices"].items()
-    }
-    weights = batch["position_weights"][: c.slots] or [1.0]
-    rules: list[tuple[Rule, np.ndarray | None]] = []
-    if c.eligibility:
-        rules.append((compile_rule(c.eligibility, where="campaign.eligibility"), None))
-    for j, (text, oid) in enumerate(zip(offers.rule, offers.offer_id, strict=True)):
-        if isinstance(text, str) and text:
-            rules.append((compile_rule(text, where=f"offers.{oid}.eligibility"), np.array([j])))
-    x = c.exploration
-    table = None
-    if x.share > 0 and x.method == "thompson" and len(offers):
-        post = (offers.posterior_alpha.to_numpy(), offers.posterior_beta.to_numpy())
-        table = thompson_table(*post, 256)
-    return ServingCampaign(
-        spec, index, offers, levers(spec, offers), prices, float(np.mean(weights)), rules, table
-    )
 
 
 class OnlineDecider:
@@ -293,7 +104,7 @@ class OnlineDecider:
             model.n_jobs = 1
         self.store = store
         self._arms: dict[tuple[str, str], str] = {}
-        self.campaigns = {s.campaign.name: _serving_campaign(s, snapshot) for s in campaigns}
+        self.campaigns = {s.campaign.name: serving_campaign(s, snapshot) for s in campaigns}
         names = list(model.features_)
         snap = snapshot
         self._cust_pos = np.array([names.index(c) for c in snap.meta["customer_columns"]], int)
@@ -318,8 +129,10 @@ class OnlineDecider:
         self._product_brand = dict(zip(products.product_id, products.brand, strict=True))
         self._product_category = dict(zip(products.product_id, products.category, strict=True))
         self._feature_pos = {name: j for j, name in enumerate(names)}
-        self._calibration = _isotonic_clip(model)
-        self._forest = _forest(model, template[:1]) if self._calibration is not None else None
+        self._calibration = isotonic_clip(model)
+        self._forest = (
+            compiled_forest(model, template[:1]) if self._calibration is not None else None
+        )
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         """P(response) per row of coded pair features: the model's calibrated probability.
@@ -335,7 +148,7 @@ class OnlineDecider:
         if self._calibration is None or not len(X):
             return np.asarray(self.model.predict_proba_matrix(X)[:, 1])
         if self._forest is not None:
-            with _one_numba_thread():
+            with one_numba_thread():
                 raw = self._forest.probability(self._forest.raw(X))
         else:
             raw = self.model.booster_.booster_.predict(X, num_threads=1)
@@ -376,7 +189,9 @@ class OnlineDecider:
         h = self.snapshot.history["brand"]
         lo, hi = self._span("brand", row)
         seen = (h.columns["aff_brand"][lo:hi] > 0) | (h.columns["aff_brand_shown"][lo:hi] > 0)
-        return ~np.isin(h.offer_value[index], h.value[lo:hi][seen])
+        known = np.zeros(h.n_values + 1, dtype=bool)  # the last: an offer without a brand
+        known[h.value[lo:hi][seen]] = True
+        return ~known[h.offer_value[index]]
 
     def _live(self, customer_id: str, row: int) -> dict[str, Any]:
         """What happened since the snapshot: the open cart, unsubscribes, consent withdrawn."""
@@ -432,20 +247,15 @@ class OnlineDecider:
         return values
 
     def _arm(self, camp: ServingCampaign, customer_id: str) -> str | None:
-        """The customer's arm of the campaign's experiment (hashing a single id costs a
-        millisecond in pandas: kept per customer, as it never changes)."""
+        """The customer's arm of the campaign's experiment (kept per customer: it never
+        changes)."""
         if camp.arms is None:
             return None
         key = (camp.name, customer_id)
         got = self._arms.get(key)
         if got is None:
-            # assign()'s hash (pandas' SipHash keyed by the salt) of this one id; categorize
-            # only deduplicates before hashing, which one id does not need
             hash_key, bounds, names = camp.arms
-            ids = np.array([customer_id], dtype=object)
-            h = pd.util.hash_array(ids, hash_key=hash_key, categorize=False)
-            u = np.asarray(h / np.float64(2**64), dtype=np.float64)
-            got = names[int(np.searchsorted(bounds, u, side="right")[0])]
+            got = names[bisect.bisect_right(bounds, hash_position(customer_id, hash_key))]
             if len(self._arms) >= _ARM_CACHE:
                 self._arms.clear()
             self._arms[key] = got
@@ -532,6 +342,8 @@ class OnlineDecider:
         candidates = eligible & (score > 0)
         order = np.flatnonzero(candidates)[np.argsort(-score[candidates], kind="stable")]
 
+        flags: dict[int, tuple[bool, bool]] = {}  # per offer shown: explored, novel
+
         def plan(counts: ContactCounts, reasons: list[str]) -> list[DecisionRow]:
             state = self._contact_state(camp, req.customer_id, at, contact, counts)
             reachable = bool(state.allowed(c.channel, at)[0] and state.remaining(c.channel)[0] >= 1)
@@ -568,15 +380,17 @@ class OnlineDecider:
                 slate, prop, explored = ex.slates[0], ex.propensity[0], ex.explored[0]
             if not (slate >= 0).any():
                 reasons.append("no eligible offer is worth its cost at the batch's prices")
-            return [
-                self._decision_row(
-                    camp, req.customer_id, request_id, at, arm, rank, j, float(prop[rank]),
-                    _score_parts(j, p, buy, gross, cost, camp.lever, value, shadow,
-                                 bool(explored[rank]), bool(novel[j])),
-                    float(score[j]),
-                )
-                for rank, j in enumerate(int(o) for o in slate if o >= 0)
-            ]  # fmt: skip
+            rows = []
+            for rank, j in enumerate(int(o) for o in slate if o >= 0):
+                flags[j] = (bool(explored[rank]), bool(novel[j]))
+                rows.append(
+                    self._decision_row(
+                        camp, req.customer_id, request_id, at, arm, rank, j, float(prop[rank]),
+                        _score_parts(j, p, buy, gross, cost, camp.lever, value, shadow, *flags[j]),
+                        float(score[j]),
+                    )
+                )  # fmt: skip
+            return rows
 
         # Planned on the counts read now, outside the store's write lock; inside it, the plan
         # stands if the counts are still those (nearly always), else it is made again on the
@@ -599,7 +413,7 @@ class OnlineDecider:
         logged = self.store.decide_atomically(
             req.customer_id, c.channel, day_start=day, week_start=week_start, choose=choose
         )
-        ranked = [self._ranked(camp, r, p, value, shadow) for r in logged if r.offer_id]
+        ranked = [self._ranked(camp, r, p, value, shadow, flags) for r in logged if r.offer_id]
         if len(ranked) < req.count and not reasons:
             reasons.append(f"only {len(ranked)} offer(s) eligible and worth their cost")
         return DecideResponse(
@@ -743,19 +557,17 @@ class OnlineDecider:
         p: np.ndarray,
         value: np.ndarray,
         shadow: np.ndarray,
+        flags: dict[int, tuple[bool, bool]],
     ) -> RankedOffer:
         j = camp.offer_ids.index(str(r.offer_id))
-        raw = r.score_parts
-        parts = (
-            dict(raw) if raw is not None and not isinstance(raw, str) else json.loads(raw or "{}")
-        )
+        explored, novel = flags[j]
         why = (
             f"P({self.snapshot.meta['response']}) {p[j]:.2%}, value {value[j]:.3g}, "
             f"shadow cost {shadow[j]:.3g} at the batch's prices"
         )
-        if parts.get("explored"):
+        if explored:
             why += "; drawn by exploration"
-        if parts.get("novel"):
+        if novel:
             why += "; a brand new to the customer"
         texts = camp.texts
         return RankedOffer(
@@ -769,6 +581,6 @@ class OnlineDecider:
             value=round(float(value[j]), 6),
             shadow_cost=round(float(shadow[j]), 6),
             probability=round(float(r.propensity or 0), 6),
-            explored=bool(parts.get("explored")),
+            explored=explored,
             explanation=why,
         )

@@ -69,9 +69,11 @@ __all__ = [
     "KeyInfo",
     "KeyStore",
     "RateLimiter",
+    "admit",
     "check_scopes",
     "error_response",
     "install",
+    "key_in_headers",
     "require",
 ]
 
@@ -358,46 +360,76 @@ def require(scope: str) -> Callable[..., Coroutine[Any, Any, KeyInfo]]:
         x_api_key: Annotated[str | None, Security(_X_API_KEY)],
         apim_key: Annotated[str | None, Security(_APIM_KEY)],
     ) -> KeyInfo:
-        state = request.app.state
-        settings: ServeSettings = state.settings
         given = (bearer.credentials if bearer else None) or x_api_key or apim_key
-        if given:
-            info = state.keys.check(given)
-            if info is None:
-                raise ApiError(
-                    401, "unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE
-                )
-            if not info.allows(needed):
-                raise ApiError(
-                    403,
-                    "forbidden",
-                    f"this route needs the scope '{needed}'; the key {info.prefix}... has "
-                    f"{', '.join(info.scopes)}",
-                )
-        elif settings.local:
-            info = KeyInfo(_LOCAL, "local mode", "", settings.local_scopes, "")
-            if not info.allows(needed):
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    f"this route needs an API key with the scope '{needed}' ({_HOW}); without a "
-                    f"key, local mode allows only {', '.join(settings.local_scopes)}",
-                    headers=_CHALLENGE,
-                )
-        else:
-            raise ApiError(401, "unauthorized", f"an API key is needed: {_HOW}", headers=_CHALLENGE)
-        wait = state.limiter.acquire(info.key_id)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"this key is over its rate of {state.limiter.rate:g} requests/s; retry in "
-                f"{wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
-        return info
+        return admit(request.app.state, given, needed)
 
     return api_key
+
+
+def admit(state: Any, given: str | None, needed: str) -> KeyInfo:
+    """The key ``given`` (or local mode without one) if it has scope ``needed`` and a token in
+    its bucket; else :class:`ApiError` 401, 403 or 429. ``state`` is the app's: ``settings``,
+    ``keys`` and ``limiter``. What :func:`require`'s dependency and the service's direct
+    ``/v1/decide`` path (:mod:`nextbest.serve.fastpath`) both run."""
+    settings: ServeSettings = state.settings
+    if given:
+        info = state.keys.check(given)
+        if info is None:
+            raise ApiError(
+                401, "unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE
+            )
+        if not info.allows(needed):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this route needs the scope '{needed}'; the key {info.prefix}... has "
+                f"{', '.join(info.scopes)}",
+            )
+    elif settings.local:
+        info = KeyInfo(_LOCAL, "local mode", "", settings.local_scopes, "")
+        if not info.allows(needed):
+            raise ApiError(
+                401,
+                "unauthorized",
+                f"this route needs an API key with the scope '{needed}' ({_HOW}); without a "
+                f"key, local mode allows only {', '.join(settings.local_scopes)}",
+                headers=_CHALLENGE,
+            )
+    else:
+        raise ApiError(401, "unauthorized", f"an API key is needed: {_HOW}", headers=_CHALLENGE)
+    wait = state.limiter.acquire(info.key_id)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"this key is over its rate of {state.limiter.rate:g} requests/s; retry in "
+            f"{wait:.2f} s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return info
+
+
+def key_in_headers(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The API key of raw ASGI headers (lower-case names), read as :func:`require` reads it
+    through FastAPI's security classes: ``Authorization: Bearer <key>`` (the first such header,
+    scheme in any case), else ``X-API-Key``, else ``Ocp-Apim-Subscription-Key`` (the first of
+    each, if not empty)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in _KEY_HEADERS and name not in found:
+            found[name] = value
+    bearer = None
+    authorization = found.get(b"authorization", b"").decode("latin-1")
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if authorization and scheme and credentials and scheme.lower() == "bearer":
+        bearer = credentials
+    x_api_key = found.get(b"x-api-key", b"").decode("latin-1")
+    apim_key = found.get(b"ocp-apim-subscription-key", b"").decode("latin-1")
+    return bearer or x_api_key or apim_key or None
+
+
+_KEY_HEADERS = frozenset((b"authorization", b"x-api-key", b"ocp-apim-subscription-key"))
 
 
 # -- installing it ----------------------------------------------------------------------------

@@ -4,8 +4,9 @@ One SQLite file (``WORKSPACE/serving/online.db``) in WAL mode with ``synchronous
 commit is fsynced before the call returns, so an acknowledged write survives a crash or a
 SIGKILL. Decisions are the exception: they commit without waiting for the disk (they survive
 a killed process; a power loss may take the last ones, and with them a few contact counts).
-Every thread has its own connection; processes share the file through SQLite's locks
-(``busy_timeout`` 10 s). Tables:
+Every thread has its own connections (:class:`nextbest.serve.sqlite.SqliteFile`: one that
+fsyncs its commits, one for the decisions that do not); processes share the file through
+SQLite's locks (``busy_timeout`` 10 s). Tables:
 
 - ``events``: the canonical event columns plus ``received_ts``; ``event_id`` is unique, so a
   replayed batch adds nothing. ``seq`` (AUTOINCREMENT, never reused, even after a deletion)
@@ -25,15 +26,10 @@ through, so two requests for the same customer cannot both see room for the last
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +38,7 @@ from typing import Any, Literal
 from nextbest.data.erase import id_sha256, redact_json
 from nextbest.errors import DataError
 from nextbest.serve.schemas import EventIn, EventsResult
+from nextbest.serve.sqlite import SqliteFile
 
 __all__ = ["SEND_CHANNELS", "ContactCounts", "DecisionRow", "LiveEvent", "OnlineStore"]
 
@@ -102,6 +99,17 @@ INSERT INTO offer_units (offer_id, units) VALUES (?, ?)
 ON CONFLICT (offer_id) DO UPDATE SET units = units + excluded.units
 """
 _CHUNK = 500  # ids per IN (...) lookup
+# A customer's contacts on a channel today and this week (distinct requests), and how often
+# each offer was shown to them on any channel: one statement (its first query gives one row,
+# with a null offer id).
+_COUNT_CONTACTS = """
+SELECT NULL, COUNT(DISTINCT CASE WHEN ts >= ?1 THEN request_id END),
+    COUNT(DISTINCT CASE WHEN ts >= ?2 THEN request_id END)
+FROM contacts WHERE customer_id = ?3 AND channel = ?4 AND ts >= ?5
+UNION ALL
+SELECT offer_id, COUNT(*), NULL FROM contacts
+WHERE customer_id = ?3 AND offer_id IS NOT NULL GROUP BY offer_id
+"""
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ def _json(value: Mapping[str, Any] | str | None) -> str | None:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-class OnlineStore:
+class OnlineStore(SqliteFile):
     """The service's durable store in one SQLite file; see the module docstring.
 
     Safe to share between threads (each gets its own connection) and to open from several
@@ -182,17 +190,7 @@ class OnlineStore:
         checkpoint_every: float | None = None,
         queue_writers: bool = False,
     ) -> None:
-        self.path = Path(db_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._queue_writers = queue_writers
-        self._writers = threading.Lock()
-        self._turn_fd: tuple[int, int] | None = None  # (pid, descriptor of the lock file)
-        self._checkpoint_every = checkpoint_every
-        self._checkpointer: threading.Thread | None = None
-        self._checkpointer_pid = 0
-        self._stop = threading.Event()
-        self._starting = threading.Lock()
+        super().__init__(db_path, checkpoint_every=checkpoint_every, queue_writers=queue_writers)
         con = self._con()
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -203,102 +201,6 @@ class OnlineStore:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-
-    def _con(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is not None and self._local.pid == os.getpid():
-            return con
-        # A new thread, or a forked child (which must not use its parent's connection).
-        con = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        con.execute("PRAGMA busy_timeout = 10000")
-        mode = _wal(con)
-        if str(mode).lower() != "wal":
-            raise DataError(f"{self.path}: expected SQLite to use WAL journaling, got {mode!r}")
-        con.execute("PRAGMA synchronous = FULL")
-        con.execute("PRAGMA secure_delete = ON")  # forget() overwrites what it deletes
-        if self._checkpoint_every is not None:
-            con.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
-            self._start_checkpointer()
-        self._local.con, self._local.pid = con, os.getpid()
-        return con
-
-    def _start_checkpointer(self) -> None:
-        """With ``checkpoint_every`` seconds: a daemon thread copies the WAL into the database
-        (a passive checkpoint, which waits for no reader or writer) that often, instead of the
-        commit that happens to cross SQLite's 1,000-page mark. That commit would otherwise
-        copy the pages and wait for the disk inside a request. Commits stay durable as
-        before: a commit is on disk once in the WAL."""
-        with self._starting:
-            alive = self._checkpointer is not None and self._checkpointer.is_alive()
-            if alive and self._checkpointer_pid == os.getpid():
-                return
-            self._checkpointer_pid = os.getpid()
-            self._checkpointer = threading.Thread(
-                target=self._checkpoint_loop, name="online-store-checkpoint", daemon=True
-            )
-            self._checkpointer.start()
-
-    def _checkpoint_loop(self) -> None:
-        interval = float(self._checkpoint_every or 1.0)
-        while not self._stop.wait(interval):
-            try:
-                self._con().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.Error as exc:  # busy or closed: the next round tries again
-                log.info("online store: checkpoint skipped (%s)", type(exc).__name__)
-
-    @contextmanager
-    def _write(self, *, fsync: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding SQLite's write lock from its start; ``fsync=False``
-        commits without waiting for the disk (``synchronous=NORMAL``: safe from a crash of the
-        process, not from a power loss)."""
-        con = self._con()
-        if not fsync:
-            con.execute("PRAGMA synchronous = NORMAL")
-        try:
-            with self._turn():
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-        finally:
-            if not fsync:
-                con.execute("PRAGMA synchronous = FULL")
-
-    @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """With ``queue_writers``: this store's writers, in every process, wait for their
-        turn in the kernel (a lock on ``<db>.writers``), woken the moment the writer before
-        them is done. Left to SQLite, a writer finding the lock taken sleeps and retries
-        (1, 2, 5, 10 ms...), which costs requests milliseconds for a lock held a fraction of
-        one. Writers that do not queue (other modules, other tools) still meet SQLite's lock."""
-        if not self._queue_writers:
-            yield
-            return
-        with self._writers:  # this process's threads (a file lock is one per process)
-            fd = self._turn_file()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _turn_file(self) -> int:
-        if self._turn_fd is None or self._turn_fd[0] != os.getpid():  # new, or forked
-            path = self.path.with_name(self.path.name + ".writers")
-            self._turn_fd = (os.getpid(), os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        return self._turn_fd[1]
-
-    def close(self) -> None:
-        """Close this thread's connection (another thread's closes when that thread ends) and
-        stop the checkpointer, if any."""
-        self._stop.set()
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is not None and self._local.pid == os.getpid():
-            con.close()
-        self._local.con = None
 
     # -- events ----------------------------------------------------------------------------
 
@@ -432,13 +334,9 @@ class OnlineStore:
         self, customer_id: str, channel: str, *, day_start: datetime, week_start: datetime
     ) -> ContactCounts:
         """The counts :meth:`decide_atomically` would give ``choose`` now, read without the
-        write lock (they may change before a decision takes it)."""
-        con = self._con()
-        con.execute("BEGIN")
-        try:
-            return _contact_counts(con, customer_id, channel, day_start, week_start)
-        finally:
-            con.execute("COMMIT")
+        write lock (they may change before a decision takes it); one statement, so one
+        snapshot of the file."""
+        return _contact_counts(self._con(), customer_id, channel, day_start, week_start)
 
     def decisions_for(self, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The customer's latest decisions, newest first, with what followed each one.
@@ -606,33 +504,16 @@ def _contact_counts(
     week_start: datetime,
 ) -> ContactCounts:
     low = _iso(min(day_start, week_start))
-    today, week = con.execute(
-        "SELECT COUNT(DISTINCT CASE WHEN ts >= ?1 THEN request_id END), "
-        "COUNT(DISTINCT CASE WHEN ts >= ?2 THEN request_id END) FROM contacts "
-        "WHERE customer_id = ?3 AND channel = ?4 AND ts >= ?5",
-        (_iso(day_start), _iso(week_start), customer_id, channel, low),
-    ).fetchone()
-    impressions = dict(
-        con.execute(
-            "SELECT offer_id, COUNT(*) FROM contacts WHERE customer_id = ? "
-            "AND offer_id IS NOT NULL GROUP BY offer_id",
-            (customer_id,),
-        ).fetchall()
-    )
+    today = week = 0
+    impressions: dict[str, int] = {}
+    for offer_id, first, second in con.execute(_COUNT_CONTACTS, (
+        _iso(day_start), _iso(week_start), customer_id, channel, low
+    )):  # fmt: skip
+        if offer_id is None:  # the one row of the first query
+            today, week = first, second
+        else:
+            impressions[offer_id] = first
     return ContactCounts(int(today), int(week), impressions)
-
-
-def _wal(con: sqlite3.Connection) -> str:
-    """Switch to WAL; the switch skips the busy handler, so processes racing to create the file
-    retry here for up to 10 s."""
-    deadline = time.monotonic() + 10.0
-    while True:
-        try:
-            return str(con.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _decision_values(r: DecisionRow) -> tuple[Any, ...]:
