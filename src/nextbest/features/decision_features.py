@@ -109,9 +109,9 @@ def _exposure(warehouse: Warehouse, as_of: datetime, level: str) -> tuple[ir.Tab
     clicks = clicks.select("decision_id").distinct().mutate(_clicked=ibis.literal(1))
     shown = dec.select("decision_id", "customer_id", "offer_id").join(offers, "offer_id")
     shown = shown.left_join(clicks, "decision_id").drop("decision_id_right")
-    clicked = shown._clicked.fill_null(0)
+    clicked = shown._clicked.notnull()
     per_customer = shown.group_by(["customer_id", level]).aggregate(
-        **{f"aff_{level}_shown": shown.count(), "_clicks": clicked.sum()}
+        **{f"aff_{level}_shown": shown.count(), "_clicks": shown.count(where=clicked)}
     )
     per_customer = per_customer.mutate(
         **{
@@ -119,7 +119,7 @@ def _exposure(warehouse: Warehouse, as_of: datetime, level: str) -> tuple[ir.Tab
             / per_customer[f"aff_{level}_shown"]
         }
     ).drop("_clicks")
-    popular = shown.group_by(level).aggregate(_n=shown.count(), _clicks=clicked.sum())
+    popular = shown.group_by(level).aggregate(_n=shown.count(), _clicks=shown.count(where=clicked))
     popular = popular.select(
         level, **{f"pop_{level}_ctr": popular._clicks.cast("float64") / popular._n}
     )
