@@ -1,14 +1,18 @@
 """What a planned day leaves behind: decision-log rows, e-mail slates and the summary.
 
-:func:`decision_rows` gives the rows of the decision log (one per filled slot, one control row
-per reachable held-out customer), with each decision's score parts as a JSON object;
-:func:`write_outputs` exports the slates (CSV or Parquet) for the e-mail service and the
-:func:`summary` (JSON): allocation per offer, constraint use with shadow prices, objective, gap.
+:func:`decision_batches` gives the rows of the decision log (one per filled slot, one control
+row per reachable held-out customer), typed as the warehouse's ``decisions`` table, with each
+decision's score parts as a JSON object, block by block of customers so that memory stays
+bounded whatever the number of members; :func:`write_outputs` exports the slates (CSV or
+Parquet) for the e-mail service in the same pass, and the :func:`summary` (JSON): allocation
+per offer, constraint use with shadow prices, objective, gap.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,26 +22,68 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
+from nextbest.data.append import arrow_schema
 from nextbest.decide.batch import DayPlan
 from nextbest.decide.campaign import CampaignFile
 from nextbest.decide.problem import Allocation
 
 __all__ = [
+    "LOG_SCHEMA",
+    "SLATE_SCHEMA",
+    "decision_batches",
     "decision_id",
     "decision_ids",
     "decision_rows",
+    "export_slates",
+    "output_paths",
     "score_parts_json",
     "summary",
     "write_outputs",
 ]
 
+LOG_SCHEMA = pa.schema([f for f in arrow_schema("decisions") if f.name != "attributes"])
+"""The decision log's columns: the ``decisions`` contract's, less ``attributes`` (always null)."""
 
-def _text(*parts: Any) -> np.ndarray:
-    """Element-wise concatenation of text pieces (arrays or constants), vectorised by Arrow."""
-    return np.asarray(
-        pc.binary_join_element_wise(*(p if isinstance(p, str) else pa.array(p) for p in parts), "")
-    ).astype(object)
+SLATE_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("channel", pa.string()),
+        ("slot", pa.int64()),
+        ("offer_id", pa.string()),
+        ("name", pa.string()),
+        ("brand", pa.string()),
+        ("decision_id", pa.string()),
+        ("explored", pa.bool_()),
+    ]
+)
+"""The slates file for the e-mail service: one row per filled slot, in customer order."""
+
+BLOCK = 100_000
+"""Customers per block of rows: at 3 slots, a block's Arrow columns take some 100 MB."""
+
+LogSink = Callable[[pa.RecordBatch], None]
+
+
+def _strings(values: Any) -> pa.Array:
+    """Text values (None or NaN as null) as an Arrow string array."""
+    return pa.array(np.asarray(values, dtype=object), type=pa.string(), from_pandas=True)
+
+
+def _labels(values: Any) -> pa.Array:
+    """Text values with few distinct ones (an arm per customer) as an Arrow string array."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    return _strings(uniques).take(pa.array(codes, mask=codes < 0))
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    """Numbers as float64, NaN as null (as ingestion of a pandas frame stores them)."""
+    return pa.array(np.asarray(values, dtype=np.float64), from_pandas=True)
+
+
+def _const(value: Any, n: int, kind: pa.DataType) -> pa.Array:
+    return pa.nulls(n, kind) if value is None else pa.repeat(pa.scalar(value, kind), n)
 
 
 def _json_number(values: np.ndarray, digits: int) -> pa.Array:
@@ -45,7 +91,7 @@ def _json_number(values: np.ndarray, digits: int) -> pa.Array:
     return pc.if_else(pc.is_finite(rounded), pc.cast(rounded, pa.string()), "null")
 
 
-def score_parts_json(plan: DayPlan, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def score_parts_json(plan: DayPlan, rows: np.ndarray, cols: np.ndarray) -> pa.Array:
     """The score parts of decisions, as JSON objects (for the decision log)."""
     p = plan.parts
     offer = plan.slates[rows, cols]
@@ -63,9 +109,10 @@ def score_parts_json(plan: DayPlan, rows: np.ndarray, cols: np.ndarray) -> np.nd
     pieces: list[Any] = []
     for key, (values, digits) in numbers.items():
         pieces += [f', "{key}": ' if pieces else f'{{"{key}": ', _json_number(values, digits)]
+    true, false = pa.scalar("true"), pa.scalar("false")
     for key, on in flags.items():
-        pieces += [f', "{key}": ', np.where(on, "true", "false")]
-    return _text(*pieces, "}")
+        pieces += [f', "{key}": ', pc.if_else(pa.array(np.asarray(on, bool)), true, false)]
+    return pc.binary_join_element_wise(*pieces, "}", "")
 
 
 def decision_id(spec: CampaignFile, day: datetime, customer_id: str, slot: int) -> str:
@@ -73,56 +120,128 @@ def decision_id(spec: CampaignFile, day: datetime, customer_id: str, slot: int) 
     return f"{spec.campaign.name}:{day:%Y%m%d}:{customer_id}:{slot}"
 
 
-def decision_ids(spec: CampaignFile, day: datetime, customers: Any, slots: Any) -> np.ndarray:
+def decision_ids(spec: CampaignFile, day: datetime, customers: Any, slots: Any) -> pa.Array:
     """:func:`decision_id` of many decisions at once."""
     prefix = f"{spec.campaign.name}:{day:%Y%m%d}:"
-    text = np.asarray(slots).astype(str)
-    return _text(prefix, np.asarray(customers, dtype=object).astype(str), ":", text)
+    if not isinstance(customers, pa.Array):
+        customers = _strings(customers)
+    text = pc.cast(pa.array(np.asarray(slots, dtype=np.int64)), pa.string())
+    return pc.binary_join_element_wise(prefix, customers, ":", text, "")
+
+
+class _Day:
+    """What the blocks of one plan share: its per-customer and per-offer Arrow columns."""
+
+    def __init__(self, plan: DayPlan, spec: CampaignFile, day: datetime) -> None:
+        self.plan, self.spec, self.day = plan, spec, day
+        c = spec.campaign
+        inputs = plan.inputs
+        self.ids = _strings(inputs.customer_ids)
+        self.arm = _labels(inputs.arm)
+        offers = inputs.offers
+        self.offer_id = _strings(offers.offer_id)
+        self.name = _strings(offers.name)
+        self.brand = _strings(offers.brand)
+        self.ts = pa.scalar(inputs.send_ts, pa.timestamp("us", tz="UTC"))
+        self.experiment = c.experiment.name if c.experiment else None
+        self.policy = f"{c.name}/{plan.allocation.info.get('solver', '')}"
+
+    def sent(self, start: int, stop: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """The log rows and the slate rows of customers ``start:stop`` (row-major order)."""
+        plan, c = self.plan, self.spec.campaign
+        r, cols = np.nonzero(plan.slates[start:stop] >= 0)
+        rows = r + start
+        offer = plan.slates[rows, cols]
+        n = len(rows)
+        take = pa.array(rows)
+        customers = self.ids.take(take)
+        slot = pa.array((cols + 1).astype(np.int64))
+        ids = decision_ids(self.spec, self.day, customers, slot)
+        offer_ids = self.offer_id.take(pa.array(offer))
+        channel = _const(c.channel, n, pa.string())
+        log = pa.record_batch(
+            [
+                ids,
+                _const(self.ts, n, self.ts.type),
+                customers,
+                offer_ids,
+                channel,
+                slot,
+                _const(self.policy, n, pa.string()),
+                _floats(plan.problem.value[rows, offer]),
+                score_parts_json(plan, rows, cols),
+                _floats(plan.propensity[rows, cols]),
+                _const(self.experiment, n, pa.string()),
+                self.arm.take(take),
+            ],
+            schema=LOG_SCHEMA,
+        )
+        slates = pa.record_batch(
+            [
+                customers,
+                channel,
+                slot,
+                offer_ids,
+                self.name.take(pa.array(offer)),
+                self.brand.take(pa.array(offer)),
+                ids,
+                pa.array(np.asarray(plan.explored[rows, cols], dtype=bool)),
+            ],
+            schema=SLATE_SCHEMA,
+        )
+        return log, slates
+
+    def control(self, held: np.ndarray) -> pa.RecordBatch:
+        """The control rows of the held-out customers ``held``: no offer, slot 0."""
+        c = self.spec.campaign
+        n = len(held)
+        customers = self.ids.take(pa.array(held))
+        zero = pa.array(np.zeros(n, dtype=np.int64))
+        share = c.experiment.holdout if c.experiment else None
+        return pa.record_batch(
+            [
+                decision_ids(self.spec, self.day, customers, zero),
+                _const(self.ts, n, self.ts.type),
+                customers,
+                pa.nulls(n, pa.string()),
+                _const(c.channel, n, pa.string()),
+                zero,
+                _const(f"{c.name}/holdout", n, pa.string()),
+                pa.nulls(n, pa.float64()),
+                pa.nulls(n, pa.string()),
+                _const(share, n, pa.float64()),
+                _const(self.experiment, n, pa.string()),
+                _const("holdout", n, pa.string()),
+            ],
+            schema=LOG_SCHEMA,
+        )
+
+
+def _blocks(plan: DayPlan, spec: CampaignFile, day: datetime, block: int) -> Iterator[Any]:
+    """``(log, slates)`` of the sent rows block by block, then ``(log, None)`` of the control."""
+    each = _Day(plan, spec, day)
+    n = len(plan.inputs.customer_ids)
+    for start in range(0, n, block):
+        yield each.sent(start, min(n, start + block))
+    # the control: held-out customers the campaign could have written to, like the treated
+    held = np.flatnonzero(plan.inputs.holdout & plan.inputs.eligible.any(axis=1))
+    for start in range(0, len(held), block):
+        yield each.control(held[start : start + block]), None
+
+
+def decision_batches(
+    plan: DayPlan, spec: CampaignFile, day: datetime, block: int = BLOCK
+) -> Iterator[pa.RecordBatch]:
+    """The decisions table rows of a plan (:data:`LOG_SCHEMA`), block by block: one per filled
+    slot, then one per held-out customer who was reachable (a control row, no offer)."""
+    for log, _ in _blocks(plan, spec, day, block):
+        yield log
 
 
 def decision_rows(plan: DayPlan, spec: CampaignFile, day: datetime) -> pd.DataFrame:
-    """The decisions table rows of a plan: one per filled slot, one per held-out customer who
-    was reachable (a control row, no offer)."""
-    c = spec.campaign
-    ids = plan.inputs.customer_ids
-    offers = plan.inputs.offers.offer_id.to_numpy()
-    rows, cols = np.nonzero(plan.slates >= 0)
-    exp = c.experiment.name if c.experiment else None
-    sent = pd.DataFrame(
-        {
-            "decision_id": decision_ids(spec, day, ids[rows], cols + 1),
-            "ts": plan.inputs.send_ts,
-            "customer_id": ids[rows],
-            "offer_id": offers[plan.slates[rows, cols]],
-            "channel": c.channel,
-            "slot": cols + 1,
-            "policy": f"{c.name}/{plan.allocation.info.get('solver', '')}",
-            "score": plan.problem.value[rows, plan.slates[rows, cols]].astype(np.float64),
-            "score_parts": score_parts_json(plan, rows, cols),
-            "propensity": plan.propensity[rows, cols],
-            "experiment": exp,
-            "arm": plan.inputs.arm[rows],
-        }
-    )
-    # the control: held-out customers the campaign could have written to, like the treated
-    held = np.flatnonzero(plan.inputs.holdout & plan.inputs.eligible.any(axis=1))
-    control = pd.DataFrame(
-        {
-            "decision_id": decision_ids(spec, day, ids[held], np.zeros(len(held), int)),
-            "ts": plan.inputs.send_ts,
-            "customer_id": ids[held],
-            "offer_id": None,
-            "channel": c.channel,
-            "slot": 0,
-            "policy": f"{c.name}/holdout",
-            "score": np.nan,
-            "score_parts": None,
-            "propensity": c.experiment.holdout if c.experiment else np.nan,
-            "experiment": exp,
-            "arm": "holdout",
-        }
-    )
-    return pd.concat([sent, control], ignore_index=True)
+    """:func:`decision_batches` as one frame."""
+    batches = list(decision_batches(plan, spec, day))
+    return pa.Table.from_batches(batches, schema=LOG_SCHEMA).to_pandas()
 
 
 def summary(plan: DayPlan, spec: CampaignFile, day: datetime) -> dict[str, Any]:
@@ -200,6 +319,38 @@ def summary(plan: DayPlan, spec: CampaignFile, day: datetime) -> dict[str, Any]:
     }
 
 
+def export_slates(
+    plan: DayPlan,
+    spec: CampaignFile,
+    day: datetime,
+    path: Path,
+    fmt: str = "csv",
+    block: int = BLOCK,
+) -> Iterator[pa.RecordBatch]:
+    """Write the slates file (CSV or Parquet) block by block of customers, yielding the
+    decision-log rows of each block as it goes (:func:`decision_batches`, in order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        writer: pq.ParquetWriter | pacsv.CSVWriter
+        if fmt == "parquet":
+            writer = stack.enter_context(pq.ParquetWriter(path, SLATE_SCHEMA))
+        else:
+            writer = stack.enter_context(pacsv.CSVWriter(path, SLATE_SCHEMA))
+        for rows, slates in _blocks(plan, spec, day, block):
+            if slates is not None:
+                writer.write_batch(slates)
+            yield rows
+
+
+def output_paths(spec: CampaignFile, day: datetime, root: Path, fmt: str) -> dict[str, Path]:
+    """Where :func:`write_outputs` puts the slates and the summary."""
+    stem = f"{spec.campaign.name}-{day:%Y-%m-%d}"
+    return {
+        "slates": root / f"slates-{stem}.{'parquet' if fmt == 'parquet' else 'csv'}",
+        "summary": root / f"summary-{stem}.json",
+    }
+
+
 def write_outputs(
     plan: DayPlan,
     spec: CampaignFile,
@@ -207,33 +358,15 @@ def write_outputs(
     root: Path,
     report: dict[str, Any],
     fmt: str = "csv",
+    *,
+    log: LogSink | None = None,
+    block: int = BLOCK,
 ) -> dict[str, Path]:
-    """Slates for the e-mail service (CSV or Parquet) and the summary (JSON) under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    stem = f"{spec.campaign.name}-{day:%Y-%m-%d}"
-    rows, cols = np.nonzero(plan.slates >= 0)
-    o = plan.slates[rows, cols]
-    offers = plan.inputs.offers
-    ids = plan.inputs.customer_ids
-    slates = pd.DataFrame(
-        {
-            "customer_id": ids[rows],
-            "channel": spec.campaign.channel,
-            "slot": cols + 1,
-            "offer_id": offers.offer_id.to_numpy()[o],
-            "name": offers.name.to_numpy()[o],
-            "brand": offers.brand.to_numpy()[o],
-            "decision_id": decision_ids(spec, day, ids[rows], cols + 1),
-            "explored": plan.explored[rows, cols],
-        }
-    )
-    paths = {}
-    if fmt == "parquet":
-        paths["slates"] = root / f"slates-{stem}.parquet"
-        slates.to_parquet(paths["slates"], index=False)
-    else:
-        paths["slates"] = root / f"slates-{stem}.csv"
-        pacsv.write_csv(pa.Table.from_pandas(slates, preserve_index=False), paths["slates"])
-    paths["summary"] = root / f"summary-{stem}.json"
+    """Slates for the e-mail service (CSV or Parquet) and the summary (JSON) under ``root``;
+    ``log``, if given, receives the decision-log rows of the same pass, in order."""
+    paths = output_paths(spec, day, root, fmt)
+    for rows in export_slates(plan, spec, day, paths["slates"], fmt, block):
+        if log is not None:
+            log(rows)
     paths["summary"].write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return paths
