@@ -102,20 +102,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
     done = run("--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     listed = done.stdout
-    from nextbest.cli import (  # noqa: F401 - the commands register on import, as in main()
-        decide,
-        demo,
-        experiment,
-        ideas,
-        insight,
-        keys,
-        loop,
-        models,
-        ope,
-        report,
-        serve,
-        value,
-    )
+    main_module.register_commands()
 
     cli, runner = main_module.app, CliRunner()
     for command in (

@@ -251,8 +251,8 @@ def quarantine(
     )
 
 
-def main() -> None:
-    """Entry point: every command, and nextbest's errors as one line and an exit code."""
+def register_commands() -> None:
+    """Import every command module: each adds its commands to :data:`app` on import."""
     from nextbest.cli import (  # noqa: F401 - register commands
         decide,
         demo,
@@ -268,4 +268,8 @@ def main() -> None:
         value,
     )
 
+
+def main() -> None:
+    """Entry point: every command, and nextbest's errors as one line and an exit code."""
+    register_commands()
     app()
