@@ -41,6 +41,7 @@ __all__ = [
     "score_parts_json",
     "summary",
     "write_outputs",
+    "write_summary",
 ]
 
 LOG_SCHEMA = pa.schema([f for f in arrow_schema("decisions") if f.name != "attributes"])
@@ -368,5 +369,10 @@ def write_outputs(
     for rows in export_slates(plan, spec, day, paths["slates"], fmt, block):
         if log is not None:
             log(rows)
-    paths["summary"].write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    write_summary(paths["summary"], report)
     return paths
+
+
+def write_summary(path: Path, report: dict[str, Any]) -> None:
+    """The summary of a day as indented JSON (:func:`summary`)."""
+    path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

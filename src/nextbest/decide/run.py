@@ -12,7 +12,6 @@ decided with other decisions is refused (the log is append-only).
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from nextbest.decide.output import (
     output_paths,
     summary,
     write_outputs,
+    write_summary,
 )
 from nextbest.errors import ConfigError, DataError
 from nextbest.models.store import ModelStore
@@ -269,7 +269,7 @@ def _write_day(
         else:
             paths = output_paths(spec, day, out, fmt)
             load = _log_fresh(ws, plan, spec, day, paths, fmt, path)
-            paths["summary"].write_text(json.dumps(report, indent=2, default=str), "utf-8")
+            write_summary(paths["summary"], report)
         paths["log"] = path
     record_path = ws.root / "decisions" / paths["summary"].name
     if record_path.resolve() != paths["summary"].resolve():  # explanations read this copy
