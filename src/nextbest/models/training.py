@@ -72,6 +72,7 @@ def _propensity(
     params = {
         "response": result.response,
         "rows": result.rows,
+        "trees": model.best_iteration_,
         "top_features": result.importances.head(10).round(4).to_dict(),
         "calibration_table": result.calibration.round(6).to_dict(orient="list"),
     }
@@ -168,6 +169,7 @@ def _churn(
         params={
             "horizon_days": horizon,
             "rows": result.rows,
+            "trees": result.model.best_iteration_,
             "top_features": result.importances.head(10).round(4).to_dict(),
         },
     )
