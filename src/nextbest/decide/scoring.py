@@ -229,9 +229,9 @@ class _Walk:
         col = np.zeros(len(names), dtype=np.int64)
         level = np.zeros(len(names), dtype=np.int64)
         customer_cols: list[np.ndarray] = []
-        pair_names: list[str] = []
         offer_values = np.zeros((len(names), m))
         levels = list(scorer.history)
+        own: list[list[str]] = [[] for _ in levels]  # per level, its history features
         for f, name in enumerate(names):
             source = scorer.source(name)
             if source in ("slot", "customer"):
@@ -243,33 +243,39 @@ class _Walk:
                 offer_values[f] = coded[name]
             else:
                 kind[f] = 2
-                col[f] = len(pair_names)
-                pair_names.append(name)
                 level[f] = next(
                     i for i, lv in enumerate(levels) if name in scorer.history[lv].values
                 )
+                col[f] = len(own[level[f]])
+                own[level[f]].append(name)
         C = np.column_stack(customer_cols) if customer_cols else np.zeros((n, 1), np.float32)
-        # the history rows of every level, by customer; value codes numbered across levels
-        parts, offset = [], 0
+        # the history rows of every level, by customer (each level's rows are sorted by
+        # customer: a stable sort of them all interleaves the levels); a row holds only its
+        # own level's columns, the only ones the walk reads of it, so there are no defaults
+        # to fill and each value is written once, in place
+        hs = [scorer.history[lv] for lv in levels]
+        customer = np.concatenate([h.customer for h in hs]) if hs else np.zeros(0, np.int64)
+        at_row = np.empty(len(customer), dtype=np.int64)
+        at_row[np.argsort(customer, kind="stable")] = np.arange(len(customer))
+        ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(customer, minlength=n), out=ptr[1:])
+        rlevel = np.empty(len(customer), dtype=np.int64)
+        rcode = np.empty(len(customer), dtype=np.int64)
+        RX = np.zeros((len(customer), max([1, *map(len, own)])), dtype=np.float32)
         vmask_bits = []
-        for i, lv in enumerate(levels):
-            h = scorer.history[lv]
-            X = np.empty((len(h.customer), max(len(pair_names), 1)), dtype=np.float32)
-            for j, name in enumerate(pair_names):
-                X[:, j] = coded[name] if name in h.values else defaults[name]
-            parts.append((h.customer, np.full(len(h.customer), i), h.value + offset, X))
+        start, offset = 0, 0
+        for i, h in enumerate(hs):
+            dest = at_row[start : start + len(h.customer)]
+            rlevel[dest] = i
+            rcode[dest] = h.value + offset
+            for j, name in enumerate(own[i]):
+                RX[dest, j] = coded[name]
             bits = np.zeros((h.n_values, m), dtype=bool)
             has = h.offer_value >= 0
             bits[h.offer_value[has], np.flatnonzero(has)] = True
             vmask_bits.append(bits)
+            start += len(h.customer)
             offset += h.n_values
-        customer = np.concatenate([p[0] for p in parts])
-        order = np.argsort(customer, kind="stable")
-        ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(customer, minlength=n), out=ptr[1:])
-        rlevel = np.concatenate([p[1] for p in parts])[order].astype(np.int64)
-        rcode = np.concatenate([p[2] for p in parts])[order].astype(np.int64)
-        RX = np.concatenate([p[3] for p in parts])[order]
         vmask = _pack(np.concatenate(vmask_bits) if vmask_bits else np.zeros((1, m), bool), words)
         # per node: the offers going left at an offer split, the default's side at a history one
         node_kind = kind[forest.feature]

@@ -158,7 +158,7 @@ def pair_parts(warehouse: Warehouse, as_of: datetime) -> PairParts:
         "acquisition_channel",
         age=ibis.literal(as_of.year) - customers.birth_year,
     )
-    features = customer_features(warehouse, as_of)
+    features = customer_features(warehouse, as_of, ordered=False)
     # every customer (one who joins later in the day has demographics and no history yet)
     per_customer = demo.left_join(features, "customer_id").drop("customer_id_right")
     per_customer = per_customer.select(*features.columns, *demo.columns[1:])
