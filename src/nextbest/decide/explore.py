@@ -122,15 +122,51 @@ def explore(
     -------
     Exploration
         The final slates, their propensities, and which slots were explored and novel.
+
+    One customer (the real-time service's case) takes :func:`_explore_one`, which makes the
+    same draws from ``rng`` in the same order and the same arithmetic in Python on one row:
+    the same numbers to the last bit, in a tenth of the time the array code takes on 1 x k
+    arrays.
     """
+    one = _one_customer(slates, eligible, share, method, posterior, novel, novelty_share, grid)
+    if one is not None:
+        return _explore_one(
+            *one, share=share, novelty_share=novelty_share, grid=grid, table=table, rng=rng
+        )
     slates, eligible, novel, posterior = _checked(
         slates, eligible, share, method, posterior, novel, novelty_share, grid
     )
+    return _explore_rows(
+        slates,
+        eligible,
+        novel,
+        posterior,
+        share=share,
+        novelty_share=novelty_share,
+        grid=grid,
+        table=table,
+        rng=rng,
+    )
+
+
+def _explore_rows(
+    slates: np.ndarray,
+    eligible: np.ndarray,
+    novel: np.ndarray | None,
+    posterior: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    share: float,
+    novelty_share: float,
+    grid: int,
+    table: np.ndarray | None,
+    rng: np.random.Generator,
+) -> Exploration:
+    """:func:`explore` on arguments :func:`_checked` has checked, any number of customers."""
     n, k = slates.shape
     out = slates.copy()
     propensity = np.zeros((n, k))
     explored = np.zeros((n, k), dtype=bool)
-    if method == "thompson" and share > 0 and posterior is not None and table is None:
+    if posterior is not None and share > 0 and table is None:  # Thompson's (None: epsilon)
         table = thompson_table(*posterior, int(grid))
     for start in range(0, n, _CHUNK):  # a loop over chunks of customers
         rows = slice(start, min(n, start + _CHUNK))
@@ -150,7 +186,7 @@ def explore(
     is_novel = np.zeros((n, k), dtype=bool)
     if novel is not None:
         is_novel = filled & np.take_along_axis(novel, np.where(filled, out, 0), axis=1)
-    log.debug("explored %d of %d filled slots (%s)", explored.sum(), filled.sum(), method)
+    log.debug("explored %d of %d filled slots", explored.sum(), filled.sum())
     return Exploration(out, propensity, explored, is_novel)
 
 
@@ -204,6 +240,153 @@ def _explore_chunk(
                 q[new] = novelty_share * q_new + (1 - novelty_share) * q[new]
             prop[here] = (1 - share) * (final[here] == own) + share * q
         propensity[:, j] = prop
+
+
+def _one_customer(
+    slates: np.ndarray,
+    eligible: np.ndarray,
+    share: float,
+    method: str,
+    posterior: tuple[np.ndarray, np.ndarray] | None,
+    novel: np.ndarray | None,
+    novelty_share: float,
+    grid: int,
+) -> tuple[list[int], int, int | None, int, tuple[np.ndarray, np.ndarray] | None] | None:
+    """One customer's slate, her eligible and novel offers as bit masks (bit ``o``: offer
+    ``o``), the number of offers and the posterior when drawn from, if the arguments are
+    plainly valid (1 x k integers, 1 x m booleans, what :func:`_checked` accepts); None for
+    anything else, which :func:`_checked` then refuses with its message or passes to the
+    array code."""
+    if not (
+        isinstance(slates, np.ndarray)
+        and isinstance(eligible, np.ndarray)
+        and slates.ndim == 2
+        and slates.shape[0] == 1
+        and slates.dtype.kind in "iu"
+        and eligible.dtype == np.bool_
+        and eligible.ndim == 2
+        and eligible.shape[0] == 1
+        and (novel is None or (isinstance(novel, np.ndarray) and novel.dtype == np.bool_))
+        and 0.0 <= share <= 1.0
+        and 0.0 <= novelty_share <= 1.0
+        and method in METHODS
+        and int(grid) == grid
+        and grid >= 2
+    ):
+        return None
+    m = eligible.shape[1]
+    if novel is not None and novel.shape != eligible.shape:
+        return None
+    ok = _mask(eligible[0])
+    slate = slates[0].tolist()
+    placed = [o for o in slate if o >= 0]
+    if any(o < -1 or o >= m or (o >= 0 and not ok >> o & 1) for o in slate):
+        return None
+    if len(set(placed)) < len(placed):
+        return None
+    if method == "thompson":
+        if posterior is None:
+            return None
+        alpha, beta = (np.asarray(p, dtype=np.float64) for p in posterior)
+        if alpha.shape != (m,) or beta.shape != (m,):
+            return None
+        if not ((alpha > 0).all() and (beta > 0).all()):
+            return None
+        posterior = (alpha, beta)
+    else:
+        posterior = None
+    return slate, ok, None if novel is None else _mask(novel[0]), m, posterior
+
+
+def _mask(row: np.ndarray) -> int:
+    """A boolean row as an int, bit ``o`` set for ``row[o]``."""
+    return int.from_bytes(np.packbits(row, bitorder="little").tobytes(), "little")
+
+
+def _explore_one(
+    slate: list[int],
+    eligible: int,
+    novel: int | None,
+    m: int,
+    posterior: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    share: float,
+    novelty_share: float,
+    grid: int,
+    table: np.ndarray | None,
+    rng: np.random.Generator,
+) -> Exploration:
+    """:func:`_explore_rows` of one customer, step by step the same, offer sets as bit
+    masks: the same draws from ``rng`` (one uniform per filled slot, one per slot when
+    novelty applies, ``m`` keys per explored slot), the same candidate sets and the same
+    float arithmetic."""
+    k = len(slate)
+    if posterior is not None and share > 0 and table is None:
+        table = thompson_table(*posterior, int(grid))
+    final = list(slate)
+    propensity = [0.0] * k
+    explored = [False] * k
+    shown = 0  # the offers in the slate right now
+    for o in slate:
+        if o >= 0:
+            shown |= 1 << o
+    with_new = novel is not None and novelty_share != 0
+    for j in range(k):
+        own = slate[j]
+        others = shown & ~(1 << own) if own >= 0 else shown
+        cand = eligible & ~others
+        go = own >= 0 and bool(rng.random() < share) and cand != 0
+        cand_new = has_new = use_new = 0
+        if with_new:
+            cand_new = cand & novel  # type: ignore[operator]
+            has_new = cand_new != 0
+            drawn = rng.random()  # drawn for every row, filled or not, as the array code does
+            use_new = go and has_new and bool(drawn < novelty_share)
+        offer = own
+        if go:
+            offer = _draw_one(cand_new if use_new else cand, m, posterior, rng)
+        if own >= 0:
+            shown = others | 1 << offer
+            prop = 1.0
+            if share > 0:
+                q = _q_one(offer, cand, m, table)
+                if with_new and has_new:
+                    q_new = _q_one(offer, cand_new, m, table)
+                    q = novelty_share * q_new + (1 - novelty_share) * q
+                prop = (1 - share) * (offer == own) + share * q
+            propensity[j] = prop
+        final[j] = offer
+        explored[j] = go
+    new = novel or 0
+    return Exploration(
+        np.array([final], dtype=np.int64),
+        np.array([propensity], dtype=np.float64),
+        np.array([explored], dtype=bool),
+        np.array([[o >= 0 and bool(new >> o & 1) for o in final]], dtype=bool),
+    )
+
+
+def _bools(mask: int, m: int) -> np.ndarray:
+    """The bit mask of ``m`` offers as a 1 x m boolean row (:func:`_mask` undone)."""
+    packed = np.frombuffer(mask.to_bytes((m + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(packed, count=m, bitorder="little").astype(bool)[None, :]
+
+
+def _draw_one(
+    pool: int, m: int, posterior: tuple[np.ndarray, np.ndarray] | None, rng: np.random.Generator
+) -> int:
+    """:func:`_draw` of one row."""
+    return int(_draw(_bools(pool, m), posterior, rng)[0])
+
+
+def _q_one(offer: int, mask: int, m: int, table: np.ndarray | None) -> float:
+    """:func:`_q` of one row."""
+    if not mask >> offer & 1:
+        return 0.0
+    if table is None:
+        return 1 / mask.bit_count()
+    logs = _bools(mask, m).astype(np.float32) @ table[offer]
+    return float(np.exp(logs).mean(axis=1, dtype=np.float64)[0])
 
 
 def _draw(
