@@ -37,6 +37,8 @@ def test_raw_scores_equal_lightgbm_to_the_last_bit() -> None:
     assert forest.categorical.any() and np.isnan(coded).any()
     expected = booster.predict(coded, raw_score=True)
     np.testing.assert_array_equal(forest.raw(coded), expected)
+    np.testing.assert_array_equal(forest.raw(coded, threads=False), expected)  # the service's
+    assert forest.feature.dtype == forest.left.dtype == forest.roots.dtype == np.int32
     np.testing.assert_allclose(
         model.predict_proba_raw(expected), model.predict_proba_matrix(coded)[:, 1], rtol=1e-12
     )
@@ -61,6 +63,7 @@ def test_zero_as_missing_and_the_best_iteration() -> None:
     assert len(forest.roots) == booster.best_iteration
     assert (forest.missing == 1).any()  # the Zero missing type was used
     np.testing.assert_array_equal(forest.raw(data), booster.predict(data, raw_score=True))
+    np.testing.assert_array_equal(forest.raw(data, threads=False), forest.raw(data))
     np.testing.assert_allclose(forest.probability(forest.raw(data)), booster.predict(data))
 
 

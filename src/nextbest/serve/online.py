@@ -52,7 +52,7 @@ from nextbest.serve.campaigns import (
     serving_campaigns,
 )
 from nextbest.serve.schemas import DecideRequest, DecideResponse, RankedOffer
-from nextbest.serve.scoring import compiled_forest, isotonic_clip, one_numba_thread
+from nextbest.serve.scoring import compiled_forest, isotonic_clip
 from nextbest.serve.snapshot import Snapshot
 from nextbest.serve.store import ContactCounts, DecisionRow, OnlineStore
 
@@ -112,8 +112,9 @@ class OnlineDecider:
         template = np.zeros((len(snap.offers), len(names)), dtype=np.float32)
         for f, col in enumerate(snap.meta["offer_columns"]):
             template[:, names.index(col)] = snap.offer_coded[:, f]
-        # per history level: the model's columns it fills, their places and defaults
-        self._hist: list[tuple[str, list[str], np.ndarray, np.ndarray]] = []
+        # per history level: the model's columns it fills, their places and defaults, and per
+        # snapshot offer the column of its value in the level's table (the last: no value)
+        self._hist: list[tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]] = []
         for level, h in snap.history.items():
             cols = [col for col in h.columns if col in names]
             if not cols:
@@ -121,7 +122,8 @@ class OnlineDecider:
             defaults = np.array([np.nan if c.endswith("_ctr") else 0.0 for c in cols], np.float32)
             places = np.array([names.index(c) for c in cols], dtype=np.int64)
             template[:, places] = defaults
-            self._hist.append((level, cols, places, defaults))
+            codes = np.where(h.offer_value >= 0, h.offer_value, h.n_values)
+            self._hist.append((level, cols, places, defaults, codes))
         if "slot" in names:
             template[:, names.index("slot")] = 1.0
         self._template = template
@@ -148,8 +150,7 @@ class OnlineDecider:
         if self._calibration is None or not len(X):
             return np.asarray(self.model.predict_proba_matrix(X)[:, 1])
         if self._forest is not None:
-            with one_numba_thread():
-                raw = self._forest.probability(self._forest.raw(X))
+            raw = self._forest.probability(self._forest.raw(X, threads=False))
         else:
             raw = self.model.booster_.booster_.predict(X, num_threads=1)
         x, y, lo, hi = self._calibration
@@ -169,15 +170,14 @@ class OnlineDecider:
         """The coded pair features of customer ``row`` with snapshot offers ``index``."""
         X = self._template[index]
         X[:, self._cust_pos] = self.snapshot.coded[row]
-        for level, cols, places, defaults in self._hist:
+        for level, cols, places, defaults, codes in self._hist:
             # one table per level: a row per column, a column per value (the last: none)
             h = self.snapshot.history[level]
             lo, hi = self._span(level, row)
-            table = np.empty((len(cols), h.n_values + 1), dtype=np.float32)
-            table[:] = defaults[:, None]
-            table[:, h.value[lo:hi]] = [h.columns[c][lo:hi] for c in cols]
-            codes = h.offer_value[index]
-            X[:, places] = table[:, np.where(codes >= 0, codes, h.n_values)].T
+            table = np.repeat(defaults[:, None], h.n_values + 1, axis=1)
+            if hi > lo:
+                table[:, h.value[lo:hi]] = [h.columns[c][lo:hi] for c in cols]
+            X[:, places] = table[:, codes[index]].T
         return X
 
     def _span(self, level: str, row: int) -> tuple[int, int]:
@@ -291,9 +291,6 @@ class OnlineDecider:
         row = self.row(req.customer_id)
         request_id = uuid.uuid4().hex
         live = self._live(req.customer_id, row)
-        cart = list(dict.fromkeys([*req.context.cart, *live["cart"]]))
-        profile = self.snapshot.profile(row)
-        ctx = self._context(req, at, cart, profile)
         m = len(camp.offers)
         col = camp.col
         moment = np.datetime64(at.replace(tzinfo=None), "us")
@@ -302,17 +299,20 @@ class OnlineDecider:
         reasons: list[str] = []
         if not eligible.any():
             reasons.append(f"no offer of campaign {c.name} is open on {c.channel} now")
-        online = self.store.offer_units()
-        sold = col["sold_f8"]
-        if online:
-            sold = sold + np.array([online.get(o, 0.0) for o in camp.offer_ids])
-        stock = col["stock_f8"]
+        sold, stock = col["sold_f8"], col["stock_f8"]
+        if not np.isnan(stock[eligible]).all():  # what was sold online matters
+            online = self.store.offer_units()
+            if online:
+                sold = sold + np.array([online.get(o, 0.0) for o in camp.offer_ids])
         in_stock = np.isnan(stock) | (stock - sold > 0)
         if (eligible & ~in_stock).any():
             reasons.append(f"{int((eligible & ~in_stock).sum())} offer(s) out of stock")
         eligible &= in_stock
         X = self.matrix(row, camp.index)
-        values = self._rule_values(camp, profile, X, ctx)
+        if camp.rules:  # the profile and the context are read by rules only
+            cart = list(dict.fromkeys([*req.context.cart, *live["cart"]]))
+            profile = self.snapshot.profile(row)
+            values = self._rule_values(camp, profile, X, self._context(req, at, cart, profile))
         for rule, cover in camp.rules:
             ok = rule.evaluate(values, m)
             mask = ok if cover is None else np.where(np.isin(np.arange(m), cover), ok, True)
@@ -327,8 +327,13 @@ class OnlineDecider:
         p_buy = p if self.snapshot.meta["response"] == "purchase" else p * conversion
         buy, gross, cost, value = camp.value_parts(p_buy)
         shadow = np.zeros(m)
-        for basis, price in camp.prices.items():
-            shadow += price * {"units": buy, "cost": cost}.get(basis, np.ones(m))
+        for basis, price in camp.prices.items():  # price x (units, cost or 1) per offer
+            if basis == "units":
+                shadow += price * buy
+            elif basis == "cost":
+                shadow += price * cost
+            else:
+                shadow += price  # price x 1, the same numbers
         score = value - shadow
         novel = self._novel(row, camp.index)
         arm = self._arm(camp, req.customer_id)

@@ -3,22 +3,19 @@
 A batch scores millions of rows and spreads them over threads; a request scores the tens of
 offers open to one customer, for which waking threads costs more than it gives.
 :func:`compiled_forest` compiles the model's trees (:meth:`nextbest.models.forest.Forest.raw`,
-LightGBM's raw scores to the last bit) before the first request, :func:`isotonic_clip` takes its
-isotonic calibration as ``np.interp`` arguments, and :func:`one_numba_thread` keeps numba's
-parallel loops on the calling thread while a request scores.
+LightGBM's raw scores to the last bit, walked on the calling thread) before the first request,
+and :func:`isotonic_clip` takes its isotonic calibration as ``np.interp`` arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from nextbest.errors import DataError
 
-__all__ = ["compiled_forest", "isotonic_clip", "one_numba_thread"]
+__all__ = ["compiled_forest", "isotonic_clip"]
 
 
 def isotonic_clip(model: Any) -> tuple[np.ndarray, np.ndarray, float, float] | None:
@@ -48,25 +45,7 @@ def compiled_forest(model: Any, sample: np.ndarray) -> Any:
         return None
     try:
         forest = make()
-        with one_numba_thread():
-            forest.raw(np.ascontiguousarray(sample, dtype=np.float32))
+        forest.raw(np.ascontiguousarray(sample, dtype=np.float32), threads=False)
     except DataError:  # not a binary LightGBM classifier
         return None
     return forest
-
-
-@contextmanager
-def one_numba_thread() -> Iterator[None]:
-    """Numba's parallel loops on one thread (in this thread only): the service scores tens of
-    rows, for which waking the other threads costs more than it gives."""
-    import numba
-
-    before = numba.get_num_threads()
-    if before == 1:
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
