@@ -38,6 +38,7 @@ from nextbest.errors import ConfigError, DataError, NotFittedError
 __all__ = ["BetaGeoModel", "GammaGammaModel"]
 
 log = logging.getLogger(__name__)
+_LOG_BOUNDS = (-15.0, 12.0)  # parameters between 3e-7 and 1.6e5
 
 ArrayLike: TypeAlias = Sequence[float] | np.ndarray | pd.Series
 _Z95 = 1.959963984540054
@@ -137,11 +138,16 @@ class _MaximumLikelihood:
             return float(value) if np.isfinite(value) else 1e100
 
         start = np.zeros(len(self._names))
-        rough = minimize(objective, start, method="L-BFGS-B")
+        # log-parameters bounded: with few repeat buyers BG/NBD's r and alpha are not
+        # identified (only r / alpha is) and run off together until every value overflows;
+        # the bounds never bind on a fit that has an optimum inside them
+        bounds = [_LOG_BOUNDS] * len(start)
+        rough = minimize(objective, start, method="L-BFGS-B", bounds=bounds)
         best = minimize(
             objective,
             rough.x,
             method="Nelder-Mead",
+            bounds=bounds,
             options={"maxiter": 20_000, "xatol": 1e-9, "fatol": 1e-14},
         )
         x = best.x if best.fun <= rough.fun else rough.x
