@@ -24,6 +24,21 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     )
 
 
+def demo_in_process(directory: Path, *args: str) -> str:
+    """``nextbest demo --dir DIRECTORY --no-serve --no-loop ARGS`` run in this process, for the
+    tests that need its workspace, not its process; its output. (In a process of its own the
+    3,000-member demo overran run()'s 300 s timeout when the machine was loaded.)"""
+    from typer.testing import CliRunner
+
+    import nextbest.cli.main as main_module
+
+    main_module.register_commands()
+    args = ("demo", "--dir", str(directory), "--no-serve", "--no-loop", *args)
+    done = CliRunner().invoke(main_module.app, args, env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert done.exit_code == 0, done.output
+    return done.stdout
+
+
 def test_init_ingest_status_quarantine_round_trip(tmp_path: Path) -> None:
     assert run("init", "shop", cwd=tmp_path).returncode == 0
     assert (tmp_path / "shop" / "nextbest.toml").exists()
@@ -312,23 +327,12 @@ def test_basket_command_on_groceries(tmp_path: Path) -> None:
 
 
 def test_train_and_models_commands(tmp_path: Path) -> None:
-    done = run(
-        "demo",
-        "--dir",
-        "d",
-        "--customers",
-        "3000",
-        "--days",
-        "16",
-        "--no-serve",
-        "--no-loop",
-        "--json",
-        cwd=tmp_path,
+    demo = json.loads(
+        demo_in_process(tmp_path / "d", "--customers", "3000", "--days", "16", "--json")
     )
-    assert done.returncode == 0, done.stderr
-    made = {m["kind"]: m for m in json.loads(done.stdout)["models"]}
+    made = {m["kind"]: m for m in demo["models"]}
     assert set(made) == {"propensity", "affinity_brand", "clv"}
-    skipped = json.loads(done.stdout)["skipped_models"]
+    skipped = demo["skipped_models"]
     # 16 days cannot hold a 90-day churn label: its snapshot falls before the first purchase
     assert skipped["churn"].startswith("no customer made a purchase before 2025-")
     assert made["propensity"]["window"]["holdout"] == "2026-01-10..2026-01-16"
@@ -357,18 +361,7 @@ def test_train_and_models_commands(tmp_path: Path) -> None:
 
 
 def test_segment_command(tmp_path: Path) -> None:
-    run(
-        "demo",
-        "--dir",
-        "d",
-        "--customers",
-        "600",
-        "--days",
-        "10",
-        "--no-serve",
-        "--no-loop",
-        cwd=tmp_path,
-    )
+    demo_in_process(tmp_path / "d", "--customers", "600", "--days", "10")
     ws = tmp_path / "d" / "workspace"
     cfg = ws / "nextbest.toml"
     cfg.write_text(
