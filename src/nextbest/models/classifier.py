@@ -7,7 +7,7 @@ saw is what keeps the probabilities honest; with time-ordered data those rows ar
 The same rows stop the boosting early: trees are added while they still lower the calibration
 rows' log loss (patience ``early_stopping_rounds``), and the model keeps those up to the best.
 On a simulated shop of 1M members the log loss of the next day was lowest at 75-100 trees and
-rose after, so the 300 trees of old were both worse and three times slower to score.
+rose after; stopped early the model kept 87 trees, not 300, and scored better on that day.
 
 The classifier records its features (name and kind, numeric or categorical, with the
 categories seen in training). Scoring data whose columns are missing or of another kind is a
@@ -161,7 +161,7 @@ class CalibratedBoostedClassifier:
         self.best_iteration_ = int(self.booster_.best_iteration_ or trees)
         self.calibrator_: Any = None
         if self.calibration != "none":
-            raw = np.asarray(self.booster_.predict_proba(frame_cal))[:, 1]
+            raw = self._raw(frame_cal)
             if self.calibration == "isotonic":
                 self.calibrator_ = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)
                 self.calibrator_.fit(raw, y_cal)
@@ -206,8 +206,9 @@ class CalibratedBoostedClassifier:
                 out[c] = X[c].to_numpy(dtype=np.float32, na_value=np.nan)
         return pd.DataFrame(out, index=X.index)
 
-    def _raw(self, X: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.booster_.predict_proba(self._frame(X)))[:, 1]
+    def _raw(self, frame: pd.DataFrame) -> np.ndarray:
+        """The trees' probabilities of rows already put through :meth:`_frame`."""
+        return np.asarray(self.booster_.predict_proba(frame))[:, 1]
 
     def encode(self, column: str, values: Any) -> np.ndarray:
         """One feature's values as the float32 the trees read: a category's code, else the number.
@@ -257,7 +258,7 @@ class CalibratedBoostedClassifier:
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probabilities, shape ``(n, 2)`` as in scikit-learn (column 1: positive)."""
         self._check_fitted()
-        return self._calibrated(self._raw(X))
+        return self._calibrated(self._raw(self._frame(X)))
 
     def _calibrated(self, raw: np.ndarray) -> np.ndarray:
         if self.calibrator_ is None:
