@@ -258,6 +258,13 @@ def test_block_scoring_equals_the_features_training_sees(shop: Workspace, daily)
     ]
     expected = model.predict_proba(joined.reset_index())[:, 1].reshape(len(ids), len(offers))
     np.testing.assert_allclose(p, expected, rtol=1e-6, atol=1e-9)
+    # every history and popularity column, offer by offer, exactly as the join has it
+    names = [c for h in scorer.history.values() for c in h.values]
+    for name in [*names, "pop_brand_ctr", "pop_category_ctr"]:
+        want = joined[name].to_numpy(dtype=float).reshape(len(ids), len(offers))
+        got = np.column_stack([scorer.column(name, j) for j in range(len(offers))])
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    assert len(names) == 14 and np.isnan(joined.aff_brand_ctr).any()
     # the batch scored the customers it could write to, and only those
     scored = inputs.eligible.any(axis=1) & ~inputs.holdout
     sample = scored[::7]

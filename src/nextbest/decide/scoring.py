@@ -24,6 +24,7 @@ import pandas as pd
 
 from nextbest.data.warehouse import Warehouse
 from nextbest.decide import _pair_kernels
+from nextbest.decide.pair_history import level_history, pop_column, read_shown
 from nextbest.errors import DataError
 from nextbest.features.decision_features import LEVELS, pair_parts
 from nextbest.progress import NullReporter, Reporter
@@ -325,11 +326,6 @@ def _pack(bits: np.ndarray, words: int) -> np.ndarray:
     return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
-def _floats(column: Any, *, missing_is_zero: bool) -> np.ndarray:
-    out = column.to_numpy(zero_copy_only=False).astype(np.float64)
-    return np.nan_to_num(out) if missing_is_zero else out
-
-
 def pair_scorer(
     warehouse: Warehouse, customer_ids: np.ndarray, offers: pd.DataFrame, as_of: datetime
 ) -> PairScorer:
@@ -348,29 +344,17 @@ def pair_scorer(
     got = parts.offers.filter(parts.offers.offer_id.isin(offer_ids)).to_pandas()
     got = got.set_index("offer_id").loc[offer_ids].reset_index()
     history: dict[str, _History] = {}
+    shown = read_shown(warehouse, keys, as_of)
     for level in LEVELS:
-        got = got.merge(
-            parts.popular[level].to_pandas(), how="left", left_on=f"offer_{level}", right_on=level
-        ).drop(columns=level)
         values = pd.Index(got[f"offer_{level}"].dropna().unique())
-        aff, exp = parts.affinity[level], parts.exposure[level]
-        wanted = values.tolist()
-        aff = aff.filter(aff[level].isin(wanted)).join(keys, "customer_id")
-        exp = exp.filter(exp[level].isin(wanted)).join(keys, "customer_id")
-        both = aff.outer_join(exp, (aff._row == exp._row) & (aff[level] == exp[level]))
-        cols = [c for c in (*aff.columns, *exp.columns) if c.startswith("aff_")]
-        value = both[level].fill_null(both[f"{level}_right"])
-        both = both.select(
-            _row=both._row.fill_null(both._row_right),
-            _code=ibis.cases(*((value == v, i) for i, v in enumerate(wanted)), else_=-1),
-            **{c: both[c] for c in cols},
+        customer, value, columns, popular = level_history(
+            shown, parts.affinity[level], keys, level, values
         )
-        rows = both.order_by(["_row", "_code"]).to_pyarrow()
-        counts = {c for c in cols if not c.endswith("_ctr")}
+        got[f"pop_{level}_ctr"] = pop_column(got[f"offer_{level}"], popular)
         history[level] = _History(
-            customer=rows["_row"].to_numpy().astype(np.int64),
-            value=rows["_code"].to_numpy().astype(np.int64),
-            values={c: _floats(rows[c], missing_is_zero=c in counts) for c in cols},
+            customer=customer,
+            value=value,
+            values=columns,
             offer_value=values.get_indexer(got[f"offer_{level}"]),
             n_values=len(values),
         )

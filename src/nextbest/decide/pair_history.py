@@ -1,0 +1,154 @@
+"""The history part of a day's pairs: per customer and brand (or category), read once for both.
+
+The warehouse join (:func:`nextbest.features.offer_customer_features`) groups the decision log
+by customer and level value in SQL, once per level, over string keys: at 1M customers that is
+two group-bys of 7M logged decisions into 4-8M groups, 6-7 s each, and one more per level for
+popularity. Here the log is read once, as three small numbers a decision (the customer's row
+in the day's order, the offer's code, whether it was clicked), and counted per level in numpy:
+a sort of integer keys. The interactions (``aff_<level>_*``, from events) stay in SQL: they
+are a few hundred thousand groups.
+
+The numbers are the warehouse join's: counts, clicks per showing (``clicks / shown`` in
+float64), popularity over every customer's decisions (not only the day's), and missing
+popularity for a level value never shown or an offer without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import ibis
+import ibis.expr.types as ir
+import numpy as np
+import pandas as pd
+
+from nextbest.data.warehouse import Warehouse
+from nextbest.features.decision_features import RESPONSES
+
+__all__ = ["Shown", "level_history", "pop_column", "read_shown"]
+
+
+def _ts(value: datetime) -> ir.TimestampValue:
+    return ibis.literal(value, type="timestamp('UTC')")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """Every decision logged before the day that showed a known offer.
+
+    ``row``: the customer's row in the day's order (-1: not one of the day's customers);
+    ``offer``: the offer's index in ``offers`` (the warehouse's offers table); ``clicked``.
+    """
+
+    row: np.ndarray
+    offer: np.ndarray
+    clicked: np.ndarray
+    offers: pd.DataFrame  # offer_id and the level columns
+
+
+def read_shown(warehouse: Warehouse, keys: ir.Table, as_of: datetime) -> Shown:
+    """One pass over the decision log before ``as_of``; ``keys`` maps customer_id to _row."""
+    offers = warehouse.table("offers").select("offer_id", "brand", "category").to_pandas()
+    codes = ibis.memtable(
+        pd.DataFrame({"offer_id": offers.offer_id, "_offer": np.arange(len(offers))})
+    )
+    dec = warehouse.table("decisions")
+    dec = dec.filter(dec.ts < _ts(as_of), dec.offer_id.notnull())
+    ev = warehouse.table("events")
+    clicks = ev.filter(
+        ev.ts < _ts(as_of), ev.type.isin(RESPONSES["click"]), ev.decision_id.notnull()
+    )
+    clicks = clicks.select("decision_id").distinct().mutate(_clicked=ibis.literal(True))
+    shown = dec.select("decision_id", "customer_id", "offer_id").join(codes, "offer_id")
+    shown = shown.left_join(clicks, "decision_id")
+    shown = shown.left_join(keys, shown.customer_id == keys.customer_id)
+    table = shown.select(
+        _row=shown._row.fill_null(-1), _offer=shown._offer, _clicked=shown._clicked.notnull()
+    ).to_pyarrow()
+    try:
+        return Shown(
+            row=table["_row"].to_numpy().astype(np.int64),
+            offer=table["_offer"].to_numpy().astype(np.int64),
+            clicked=table["_clicked"].to_numpy(zero_copy_only=False),
+            offers=offers,
+        )
+    finally:
+        warehouse.con.con.unregister(codes.op().name)
+
+
+def _groups(key: np.ndarray, clicked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct keys (sorted), the decisions and the clicks of each."""
+    order = np.argsort(key)
+    key = key[order]
+    starts = _firsts(key)
+    shown = np.diff(np.r_[starts, len(key)])
+    clicks = np.add.reduceat(clicked[order].astype(np.int64), starts) if len(key) else shown
+    return key[starts], shown, clicks
+
+
+def _firsts(key: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of the sorted ``key`` starts."""
+    return np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, int)
+
+
+def level_history(
+    shown: Shown,
+    affinity: ir.Table,
+    keys: ir.Table,
+    level: str,
+    values: pd.Index,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """The sparse rows of one level for the day's customers and level ``values``.
+
+    Returns the customer rows and value codes (sorted by both), the ``aff_<level>_*`` columns
+    (counts 0 where missing, ``aff_<level>_ctr`` NaN where never shown), and each value's
+    popularity (``pop_<level>_ctr``; values never shown are absent).
+    """
+    w = len(values)
+    code_of_offer = values.get_indexer(shown.offers[level])  # -1: not one of the day's values
+    code = code_of_offer[shown.offer]
+    # popularity: every customer's decisions, per level value shown at all
+    level_of_offer = pd.Index(shown.offers[level].dropna().unique())
+    lv = level_of_offer.get_indexer(shown.offers[level])
+    named = lv >= 0
+    per_offer = np.bincount(shown.offer, minlength=len(lv))
+    per_offer_clicks = np.bincount(shown.offer, weights=shown.clicked, minlength=len(lv))
+    pop_n = np.bincount(lv[named], weights=per_offer[named], minlength=len(level_of_offer))
+    pop_clicks = np.bincount(lv[named], weights=per_offer_clicks[named], minlength=len(pop_n))
+    popular = {
+        str(v): float(c) / float(n)
+        for v, n, c in zip(level_of_offer, pop_n, pop_clicks, strict=True)
+        if n > 0
+    }
+    # exposure: the day's customers, the day's values
+    mine = (shown.row >= 0) & (code >= 0)
+    exp_key, exp_n, exp_clicks = _groups(shown.row[mine] * w + code[mine], shown.clicked[mine])
+    # interactions: a grouped table in the warehouse, joined to the day's customers
+    aff = affinity.filter(affinity[level].isin(values.tolist()))
+    aff = aff.join(keys, "customer_id")
+    names = [c for c in aff.columns if c.startswith("aff_")]
+    got = aff.select("_row", level, *names).to_pyarrow()
+    aff_key = got["_row"].to_numpy().astype(np.int64) * w + values.get_indexer(
+        got[level].to_pandas()
+    )
+    key = np.sort(np.concatenate([aff_key, exp_key]))
+    key = key[_firsts(key)]
+    columns: dict[str, np.ndarray] = {}
+    at = np.searchsorted(key, aff_key)
+    for name in names:
+        col = np.zeros(len(key))
+        col[at] = got[name].to_numpy(zero_copy_only=False).astype(np.float64)
+        columns[name] = col
+    at = np.searchsorted(key, exp_key)
+    columns[f"aff_{level}_shown"] = np.zeros(len(key))
+    columns[f"aff_{level}_shown"][at] = exp_n
+    ctr = np.full(len(key), np.nan)
+    ctr[at] = exp_clicks.astype(np.float64) / exp_n.astype(np.float64)
+    columns[f"aff_{level}_ctr"] = ctr
+    return key // max(w, 1), key % max(w, 1), columns, popular
+
+
+def pop_column(offers: pd.Series, popular: dict[str, float]) -> np.ndarray:
+    """``pop_<level>_ctr`` of each offer: its value's popularity, NaN if never shown or none."""
+    return np.array([popular.get(v, np.nan) if isinstance(v, str) else np.nan for v in offers])
