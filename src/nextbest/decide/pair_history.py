@@ -22,11 +22,12 @@ import ibis
 import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from nextbest.data.warehouse import Warehouse
 from nextbest.features.decision_features import RESPONSES
 
-__all__ = ["Shown", "level_history", "pop_column", "read_shown"]
+__all__ = ["Shown", "level_history", "pop_column", "read_affinity", "read_shown"]
 
 
 def _ts(value: datetime) -> ir.TimestampValue:
@@ -92,12 +93,16 @@ def _firsts(key: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, int)
 
 
+def read_affinity(affinity: ir.Table, keys: ir.Table, level: str, values: pd.Index) -> pa.Table:
+    """The interactions (``aff_<level>_*``) of the day's customers with the level ``values``:
+    a grouped table in the warehouse, joined to the day's rows (``_row``)."""
+    aff = affinity.filter(affinity[level].isin(values.tolist())).join(keys, "customer_id")
+    names = [c for c in aff.columns if c.startswith("aff_")]
+    return aff.select("_row", level, *names).to_pyarrow()
+
+
 def level_history(
-    shown: Shown,
-    affinity: ir.Table,
-    keys: ir.Table,
-    level: str,
-    values: pd.Index,
+    shown: Shown, got: pa.Table, level: str, values: pd.Index
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, float]]:
     """The sparse rows of one level for the day's customers and level ``values``.
 
@@ -124,11 +129,8 @@ def level_history(
     # exposure: the day's customers, the day's values
     mine = (shown.row >= 0) & (code >= 0)
     exp_key, exp_n, exp_clicks = _groups(shown.row[mine] * w + code[mine], shown.clicked[mine])
-    # interactions: a grouped table in the warehouse, joined to the day's customers
-    aff = affinity.filter(affinity[level].isin(values.tolist()))
-    aff = aff.join(keys, "customer_id")
-    names = [c for c in aff.columns if c.startswith("aff_")]
-    got = aff.select("_row", level, *names).to_pyarrow()
+    # interactions, read by read_affinity
+    names = [c for c in got.column_names if c.startswith("aff_")]
     aff_key = got["_row"].to_numpy().astype(np.int64) * w + values.get_indexer(
         got[level].to_pandas()
     )

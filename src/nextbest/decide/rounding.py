@@ -25,6 +25,7 @@ shares hold after repair; tests check this on random instances.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
@@ -49,11 +50,11 @@ def _fillers(
     """
     n, m = problem.shape
     per = min(per, m)
-    cs, os, rs = [], [], []
-    if per <= 0:
+    if per <= 0 or n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0)
-    for start in range(0, n, _CHUNK):  # a loop over chunks of customers
+
+    def chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = slice(start, min(n, start + _CHUNK))
         r = problem.value[rows].astype(np.float64)
         for b, price in prices.items():
@@ -71,9 +72,11 @@ def _fillers(
         val = np.take_along_axis(r, top, axis=1)
         c = np.repeat(np.arange(start, rows.stop), top.shape[1])
         keep = np.isfinite(val.ravel())
-        cs.append(c[keep])
-        os.append(top.ravel()[keep])
-        rs.append(val.ravel()[keep])
+        return c[keep], top.ravel()[keep], val.ravel()[keep]
+
+    # chunks of customers on two threads (numpy releases the GIL in these kernels), in order
+    with ThreadPoolExecutor(2, thread_name_prefix="rounding-fillers") as pool:
+        cs, os, rs = zip(*pool.map(chunk, range(0, n, _CHUNK)), strict=True)
     return np.concatenate(cs), np.concatenate(os), np.concatenate(rs)
 
 

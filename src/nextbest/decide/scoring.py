@@ -14,6 +14,7 @@ A test checks that this gives the same probabilities as the warehouse join
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ import pandas as pd
 
 from nextbest.data.warehouse import Warehouse
 from nextbest.decide import _pair_kernels
-from nextbest.decide.pair_history import level_history, pop_column, read_shown
+from nextbest.decide.pair_history import level_history, pop_column, read_affinity, read_shown
 from nextbest.errors import DataError
 from nextbest.features.decision_features import LEVELS, pair_parts
 from nextbest.progress import NullReporter, Reporter
@@ -335,27 +336,35 @@ def pair_scorer(
     keys = ibis.memtable(
         pd.DataFrame({"customer_id": np.asarray(customer_ids, dtype=object), "_row": np.arange(n)})
     )
-    people = parts.customers.join(keys, "customer_id").order_by("_row")
-    customers = people.to_pyarrow().to_pandas().drop(columns="_row")
-    if len(customers) != n:
-        missing = sorted(set(customer_ids) - set(customers.customer_id))
-        raise DataError(f"customer {missing[0]} has no row in the customers table")
     offer_ids = list(offers.offer_id)
     got = parts.offers.filter(parts.offers.offer_id.isin(offer_ids)).to_pandas()
     got = got.set_index("offer_id").loc[offer_ids].reset_index()
-    history: dict[str, _History] = {}
+    values = {level: pd.Index(got[f"offer_{level}"].dropna().unique()) for level in LEVELS}
     shown = read_shown(warehouse, keys, as_of)
+    aff = {lv: read_affinity(parts.affinity[lv], keys, lv, values[lv]) for lv in LEVELS}
+
+    def count() -> dict[str, tuple[Any, ...]]:
+        return {lv: level_history(shown, aff[lv], lv, values[lv]) for lv in LEVELS}
+
+    # the counting (numpy, which releases the GIL in its sorts) on a thread while the
+    # warehouse computes the customer 360 (the connection runs one query at a time: this one)
+    with ThreadPoolExecutor(1, thread_name_prefix="pair-history") as pool:
+        counted = pool.submit(count)
+        people = parts.customers.join(keys, "customer_id").order_by("_row")
+        customers = people.to_pyarrow().to_pandas().drop(columns="_row")
+        per_level = counted.result()
+    if len(customers) != n:
+        missing = sorted(set(customer_ids) - set(customers.customer_id))
+        raise DataError(f"customer {missing[0]} has no row in the customers table")
+    history: dict[str, _History] = {}
     for level in LEVELS:
-        values = pd.Index(got[f"offer_{level}"].dropna().unique())
-        customer, value, columns, popular = level_history(
-            shown, parts.affinity[level], keys, level, values
-        )
+        customer, value, columns, popular = per_level[level]
         got[f"pop_{level}_ctr"] = pop_column(got[f"offer_{level}"], popular)
         history[level] = _History(
             customer=customer,
             value=value,
             values=columns,
-            offer_value=values.get_indexer(got[f"offer_{level}"]),
-            n_values=len(values),
+            offer_value=values[level].get_indexer(got[f"offer_{level}"]),
+            n_values=len(values[level]),
         )
     return PairScorer(customers=customers, offers=got, history=history)
