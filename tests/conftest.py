@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import settings
 
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
+
+# Every property test draws the same examples on every run, here and on CI (a test's own
+# @settings keep this unless they say otherwise); no example database carries runs over.
+settings.register_profile("nextbest", derandomize=True, database=None)
+settings.load_profile("nextbest")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
