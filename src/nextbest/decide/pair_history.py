@@ -64,13 +64,15 @@ def read_shown(warehouse: Warehouse, keys: ir.Table, as_of: datetime) -> Shown:
     shown = dec.select("decision_id", "customer_id", "offer_id").join(codes, "offer_id")
     shown = shown.left_join(clicks, "decision_id")
     shown = shown.left_join(keys, shown.customer_id == keys.customer_id)
-    table = shown.select(
-        _row=shown._row.fill_null(-1), _offer=shown._offer, _clicked=shown._clicked.notnull()
+    table = shown.select(  # 9 bytes a decision (46M decisions at 5M customers x 4 days)
+        _row=shown._row.fill_null(-1).cast("int32"),
+        _offer=shown._offer.cast("int32"),
+        _clicked=shown._clicked.notnull(),
     ).to_pyarrow()
     try:
         return Shown(
-            row=table["_row"].to_numpy().astype(np.int64),
-            offer=table["_offer"].to_numpy().astype(np.int64),
+            row=table["_row"].to_numpy(),
+            offer=table["_offer"].to_numpy(),
             clicked=table["_clicked"].to_numpy(zero_copy_only=False),
             offers=offers,
         )
@@ -128,7 +130,9 @@ def level_history(
     }
     # exposure: the day's customers, the day's values
     mine = (shown.row >= 0) & (code >= 0)
-    exp_key, exp_n, exp_clicks = _groups(shown.row[mine] * w + code[mine], shown.clicked[mine])
+    exp_key, exp_n, exp_clicks = _groups(
+        shown.row[mine].astype(np.int64) * w + code[mine], shown.clicked[mine]
+    )
     # interactions, read by read_affinity
     names = [c for c in got.column_names if c.startswith("aff_")]
     aff_key = got["_row"].to_numpy().astype(np.int64) * w + values.get_indexer(
