@@ -98,11 +98,14 @@ def serve_run(
         )
         _settle(server)
         before_cpu = cpu_seconds(server.pids())
+        deciders = server.deciders(snapshot)
+        before_each = [cpu_seconds([pid]) for pid in deciders]
         load_before = os.getloadavg()
         wall = time.perf_counter()
         got = run_load({**job, "rate": args.rate, "seconds": args.seconds, "seed": workers}, 600)
         wall = time.perf_counter() - wall
         server_cpu = cpu_seconds(server.pids()) - before_cpu
+        each = [cpu_seconds([pid]) - b for pid, b in zip(deciders, before_each, strict=True)]
         f = decide_figures(got)
         mem = server.memory()
         load_after = os.getloadavg()
@@ -137,6 +140,11 @@ def serve_run(
             "one core, "
             f"{f['client_cpu'] / max(1, f['n']) * 1000:.2f} ms per request)"
         )
+        if len(each) > 1:  # how the kernel spread the connections: each worker's CPU
+            print(
+                "  per worker CPU: "
+                + ", ".join(f"{c:.1f} s ({c / max(sum(each), 1e-9):.0%})" for c in each)
+            )
         print(
             f"  server memory after: {mem['rss']:.2f} GB resident ({mem['anon']:.2f} anonymous, "
             f"{mem['file']:.2f} file-backed), PSS {mem['pss']:.2f} GB"

@@ -21,6 +21,7 @@ from nextbest.serve.settings import ServeSettings
 from nextbest.serve.snapshot import build_snapshot
 from nextbest.serve.store import OnlineStore
 from nextbest.serve.sync import sync
+from nextbest.serve.workers import serve_workers
 
 __all__ = ["forget_cmd", "make_snapshot", "run_server", "serve_cmd", "snapshot_cmd", "sync_cmd"]
 
@@ -87,17 +88,26 @@ def serve_cmd(
 
 
 def run_server(root: Path, settings: ServeSettings) -> None:
-    """Serve the workspace at ``root`` under uvicorn, in the foreground, until interrupted."""
+    """Serve the workspace at ``root`` under uvicorn, in the foreground, until interrupted.
+
+    Several workers each listen on a socket of their own (:mod:`nextbest.serve.workers`), so
+    the kernel spreads connections over them; uvicorn's own ``workers`` shares one socket, and
+    a burst of connections lands on one worker.
+    """
     import uvicorn
 
     os.environ["NEXTBEST_WORKSPACE"] = str(root.resolve())
     os.environ["NEXTBEST_SERVE_SETTINGS"] = settings.model_dump_json()
+    if settings.workers > 1:
+        code = serve_workers(settings.host, settings.port, settings.workers)
+        if code:
+            raise typer.Exit(code)
+        return
     uvicorn.run(
         "nextbest.serve.app:factory",
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
         log_level="warning",
         access_log=False,  # no personal data in logs: paths carry customer ids
     )

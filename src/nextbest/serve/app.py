@@ -200,9 +200,10 @@ def create_app(root: Path, settings: ServeSettings | None = None) -> FastAPI:
     install(app, settings)
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
+    def healthz() -> dict[str, str | int]:
+        """The process is up; ``worker`` is its process id (with several workers, which one
+        answered)."""
+        return {"status": "ok", "worker": os.getpid()}
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "no snapshot"}})
     def readyz() -> JSONResponse:
