@@ -99,7 +99,7 @@ raw_scores = nb.njit(cache=True, parallel=True)(_raw_scores)
 # and restore), while plain ``njit`` of the same function, without the parallel pipeline's
 # passes, walked six times slower. numba warns that nothing was made parallel: expected here
 # (see ``Forest.raw``).
-raw_scores_here = nb.njit(cache=True, parallel={"prange": False})(_raw_scores)
+raw_scores_here = nb.njit(cache=True, parallel={"prange": False})(_raw_scores)  # type: ignore[call-overload]  # numba takes a dict of parallel passes; its stubs say bool
 
 
 @nb.njit(cache=True)
