@@ -35,7 +35,7 @@ in ``_serve_inproc.py``, one server run and the figures' rows in ``_serve_run.py
 generator in ``_loadgen.py`` and the server process in ``_server.py``.
 
 Usage: python bench/bench_serve.py [--customers 1000000] [--rate 500] [--seconds 20]
-       [--workers 1[,2]] [--connections 32] [--keep DIR]
+       [--workers 2[,1]] [--connections 32] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -67,7 +67,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000, help="profiles served")
     parser.add_argument("--rate", type=float, default=DECIDE_RATE, help="decide requests/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="of decide load")
-    parser.add_argument("--workers", default="1", help="server worker processes; several runs: 1,2")
+    parser.add_argument(
+        "--workers",
+        default="2",
+        help="server worker processes, one per core by default; several runs: 1,2",
+    )
     parser.add_argument("--keep", type=Path, help="Keep the workspace here; reuse it if there.")
     parser.add_argument("--members", type=int, default=20_000, help="simulated members")
     parser.add_argument("--days", type=int, default=14, help="simulated days")
