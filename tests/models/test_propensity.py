@@ -101,3 +101,35 @@ def test_new_members_score_better_than_by_popularity(trained) -> None:
     popularity_auc = roc_auc_score(new.response, new.pop_brand_ctr.fillna(0))
     print(f"new members: model {model_auc:.4f}, brand popularity {popularity_auc:.4f}")
     assert model_auc > popularity_auc
+
+
+def test_a_day_over_the_row_limit_is_a_uniform_sample_the_same_every_run(
+    sim_workspace: tuple[Workspace, Path],
+) -> None:
+    """Training reads at most about ``max_rows_per_day`` decisions a day (a 5M-member shop
+    logs 15M), the same rows every run, with the features and labels of the full read."""
+    from datetime import UTC, datetime
+
+    from nextbest.features import decision_features
+
+    ws, _ = sim_workspace
+    start, end = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 12, tzinfo=UTC)
+    full = decision_features(ws.warehouse, start, end)
+    per_day = full.groupby("day").size()
+    assert per_day.min() > 30_000  # 20,000 members x 3 slots a day
+    most = 10_000
+    sample = decision_features(ws.warehouse, start, end, max_rows_per_day=most)
+    got = sample.groupby("day").size()
+    assert ((got > 0.93 * most) & (got < 1.07 * most)).all(), got
+    again = decision_features(ws.warehouse, start, end, max_rows_per_day=most)
+    pd.testing.assert_frame_equal(sample, again)
+    # a subset of the full read, row for row, and not a biased one: the click rate agrees
+    same = full.set_index("decision_id").loc[sample.decision_id].reset_index()
+    pd.testing.assert_frame_equal(same[sample.columns], sample, check_dtype=False)
+    rate, n = full.response.mean(), len(sample)
+    assert abs(sample.response.mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
+    # under the limit, nothing is left out
+    whole = decision_features(ws.warehouse, start, end, max_rows_per_day=int(per_day.max()))
+    pd.testing.assert_frame_equal(whole, full)
+    with pytest.raises(DataError, match="max_rows_per_day must be at least 1, got 0"):
+        decision_features(ws.warehouse, start, end, max_rows_per_day=0)

@@ -77,6 +77,7 @@ def train_propensity(
     holdout_days: int = 7,
     calibration_days: int = 3,
     max_train_days: int | None = None,
+    max_rows_per_day: int | None = None,
     model: CalibratedBoostedClassifier | None = None,
     keep_holdout: bool = False,
     reporter: Reporter | None = None,
@@ -84,8 +85,10 @@ def train_propensity(
     """Train and evaluate a propensity model on the decisions logged in the warehouse.
 
     ``start`` and ``end`` bound the days used (default: all days with decisions);
-    ``max_train_days`` keeps only the latest training days. ``keep_holdout`` keeps the
-    held-out rows, their features and their predictions (``prediction``) in the result.
+    ``max_train_days`` keeps only the latest training days; ``max_rows_per_day`` samples a
+    day with more decisions down to about that many (:func:`decision_features`).
+    ``keep_holdout`` keeps the held-out rows, their features and their predictions
+    (``prediction``) in the result.
     """
     reporter = reporter or NullReporter()
     # a day decided but not yet lived (tomorrow's e-mails, logged by 'nextbest decide') has no
@@ -118,7 +121,9 @@ def train_propensity(
         "holdout": (test_start, days[-1] + one),
     }
     frames = {
-        name: decision_features(warehouse, a, b, response=response, reporter=reporter)
+        name: decision_features(
+            warehouse, a, b, response=response, max_rows_per_day=max_rows_per_day, reporter=reporter
+        )
         for name, (a, b) in windows.items()
     }
     cols = feature_columns(frames["train"])

@@ -43,6 +43,9 @@ class TrainOptions:
     holdout_days: int = 7
     calibration_days: int = 3
     max_train_days: int | None = 28
+    # propensity rows a day, at most (a sample beyond: 3M rows of 60 features fit DuckDB's
+    # default 4 GB; a 5M-member shop logs 15M decisions a day)
+    max_rows_per_day: int | None = 3_000_000
     calibration_end: datetime | None = None
     horizon_weeks: int = 52
     churn_horizon_days: int = 90
@@ -65,6 +68,7 @@ def _propensity(
         holdout_days=options.holdout_days,
         calibration_days=options.calibration_days,
         max_train_days=options.max_train_days,
+        max_rows_per_day=options.max_rows_per_day,
         model=CalibratedBoostedClassifier(random_state=options.random_state, n_jobs=options.n_jobs),
         reporter=reporter,
     )
