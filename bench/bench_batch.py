@@ -137,7 +137,7 @@ def main() -> None:
         queue: mp.Queue = mp.get_context("spawn").Queue()
         proc = mp.get_context("spawn").Process(target=_decide, args=(root, day, queue))
         proc.start()
-        total, times, peak, s, rows, ours, bare, gap = queue.get()
+        total, times, peak, s, rows, ours, bare, differs = queue.get()
         proc.join()
         gap = s["solver"].get("gap", float("nan"))
         print(
@@ -157,7 +157,7 @@ def main() -> None:
         print(
             f"scoring {rows:,} pairs: {rows / ours:,.0f} pairs/s with calibration (one walk of "
             f"the trees per member), LightGBM's Booster.predict alone {rows / bare:,.0f} rows/s: "
-            f"{bare / ours:.1f}x; largest difference in probability {gap:.1e}"
+            f"{bare / ours:.1f}x; largest difference in probability {differs:.1e}"
         )
     finally:
         if not args.keep:
