@@ -65,9 +65,9 @@ SLATE_SCHEMA = pa.schema(
 """The slates file for the e-mail service: one row per filled slot, in customer order."""
 
 BLOCK = 100_000
+"""Customers per block of rows: at 3 slots, a block's Arrow columns take some 100 MB."""
 _MAKERS = 2  # threads making blocks
 _AHEAD = 4  # blocks made ahead of the consumer, at most
-"""Customers per block of rows: at 3 slots, a block's Arrow columns take some 100 MB."""
 
 LogSink = Callable[[pa.RecordBatch], None]
 

@@ -47,6 +47,7 @@ __all__ = [
     "decision_features",
     "offer_customer_features",
     "pair_parts",
+    "shown_and_clicked",
 ]
 
 RESPONSES: dict[str, tuple[str, ...]] = {
@@ -92,6 +93,20 @@ def _affinity(warehouse: Warehouse, as_of: datetime, level: str) -> ir.Table:
     )
 
 
+def shown_and_clicked(warehouse: Warehouse, as_of: datetime) -> tuple[ir.Table, ir.Table]:
+    """The decisions logged before ``as_of`` that showed an offer (``decision_id``,
+    ``customer_id``, ``offer_id``), and the ids of those a click answered before it."""
+    dec = warehouse.table("decisions")
+    dec = dec.filter(dec.ts < _ts(as_of), dec.offer_id.notnull())
+    ev = warehouse.table("events")
+    clicks = ev.filter(
+        ev.ts < _ts(as_of), ev.type.isin(RESPONSES["click"]), ev.decision_id.notnull()
+    )
+    return dec.select("decision_id", "customer_id", "offer_id"), clicks.select(
+        "decision_id"
+    ).distinct()
+
+
 def _exposure(warehouse: Warehouse, as_of: datetime, level: str) -> tuple[ir.Table, ir.Table]:
     """Offers of each brand (or category) shown and clicked before ``as_of``.
 
@@ -99,15 +114,10 @@ def _exposure(warehouse: Warehouse, as_of: datetime, level: str) -> tuple[ir.Tab
     per offer shown); per level value: ``pop_<level>_ctr``, everyone's clicks per offer shown
     (how popular the brand or category is; missing for a brand never shown, a new designer).
     """
-    dec = warehouse.table("decisions")
-    dec = dec.filter(dec.ts < _ts(as_of), dec.offer_id.notnull())
+    dec, clicks = shown_and_clicked(warehouse, as_of)
     offers = warehouse.table("offers").select("offer_id", level)
-    ev = warehouse.table("events")
-    clicks = ev.filter(
-        ev.ts < _ts(as_of), ev.type.isin(RESPONSES["click"]), ev.decision_id.notnull()
-    )
-    clicks = clicks.select("decision_id").distinct().mutate(_clicked=ibis.literal(1))
-    shown = dec.select("decision_id", "customer_id", "offer_id").join(offers, "offer_id")
+    clicks = clicks.mutate(_clicked=ibis.literal(1))
+    shown = dec.join(offers, "offer_id")
     shown = shown.left_join(clicks, "decision_id").drop("decision_id_right")
     clicked = shown._clicked.notnull()
     per_customer = shown.group_by(["customer_id", level]).aggregate(
