@@ -72,13 +72,18 @@ def read_shown(warehouse: Warehouse, keys: ir.Table, as_of: datetime) -> Shown:
 
 
 def _groups(key: np.ndarray, clicked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct keys (sorted), the decisions and the clicks of each."""
-    order = np.argsort(key)
-    key = key[order]
-    starts = _firsts(key)
-    shown = np.diff(np.r_[starts, len(key)])
-    clicks = np.add.reduceat(clicked[order].astype(np.int64), starts) if len(key) else shown
-    return key[starts], shown, clicks
+    """The distinct keys (sorted), the decisions and the clicks of each (``key`` >= 0).
+
+    The click rides in the key's lowest bit, so a plain sort (no argsort, no gather of the
+    clicks by it) orders them: at 5M customers, 40M keys a level, that halves time and memory.
+    """
+    both = key * 2
+    both += clicked
+    both.sort()
+    starts = _firsts(both >> 1)
+    shown = np.diff(np.r_[starts, len(both)])
+    clicks = np.add.reduceat(both & 1, starts) if len(both) else shown
+    return both[starts] >> 1, shown, clicks
 
 
 def _firsts(key: np.ndarray) -> np.ndarray:
@@ -105,7 +110,7 @@ def level_history(
     """
     w = len(values)
     code_of_offer = values.get_indexer(shown.offers[level])  # -1: not one of the day's values
-    code = code_of_offer[shown.offer]
+    code = code_of_offer.astype(np.int32)[shown.offer]
     # popularity: every customer's decisions, per level value shown at all
     level_of_offer = pd.Index(shown.offers[level].dropna().unique())
     lv = level_of_offer.get_indexer(shown.offers[level])
@@ -133,17 +138,26 @@ def level_history(
     key = key[_firsts(key)]
     columns: dict[str, np.ndarray] = {}
     at = np.searchsorted(key, aff_key)
-    for name in names:
+    for name in names:  # each narrowed as it is made: 30M rows a level at 5M customers
         col = np.zeros(len(key))
         col[at] = got[name].to_numpy(zero_copy_only=False).astype(np.float64)
-        columns[name] = col
+        columns[name] = _narrow(col)
     at = np.searchsorted(key, exp_key)
-    columns[f"aff_{level}_shown"] = np.zeros(len(key))
-    columns[f"aff_{level}_shown"][at] = exp_n
-    ctr = np.full(len(key), np.nan)
-    ctr[at] = exp_clicks.astype(np.float64) / exp_n.astype(np.float64)
-    columns[f"aff_{level}_ctr"] = ctr
-    return key // max(w, 1), key % max(w, 1), columns, popular
+    col = np.zeros(len(key))
+    col[at] = exp_n
+    columns[f"aff_{level}_shown"] = _narrow(col)
+    col = np.full(len(key), np.nan)
+    col[at] = exp_clicks.astype(np.float64) / exp_n.astype(np.float64)
+    columns[f"aff_{level}_ctr"] = _narrow(col)
+    w = max(w, 1)
+    return (key // w).astype(np.int32), (key % w).astype(np.int32), columns, popular
+
+
+def _narrow(col: np.ndarray) -> np.ndarray:
+    """``col`` as float32 when that keeps every value (counts: half the memory, and the
+    float32 the trees read, so scoring needs no copy), else as it is (rates, amounts)."""
+    narrow = col.astype(np.float32)
+    return narrow if np.array_equal(narrow, col, equal_nan=True) else col
 
 
 def pop_column(offers: pd.Series, popular: dict[str, float]) -> np.ndarray:
