@@ -221,6 +221,8 @@ class CalibratedBoostedClassifier:
         if self.features_.get(column) == "categorical":
             codes = _codes(values, self.categories_[column])
             return np.where(codes < 0, np.nan, codes).astype(np.float32)
+        if isinstance(values, np.ndarray) and values.dtype == np.float32:
+            return values  # already what the trees read: no copy of millions of rows
         return pd.Series(values).to_numpy(dtype=np.float32, na_value=np.nan)
 
     def predict_proba_matrix(self, X: np.ndarray) -> np.ndarray:
