@@ -264,9 +264,10 @@ def day_inputs(
     reporter.finish()
     # the batch scores only the customers it may write to; an explanation scores everyone asked
     scored = None if customer_ids is not None else np.flatnonzero(eligible.any(axis=1) & ~holdout)
-    p = scorer.score(model, rows=scored, reporter=reporter, dtype=np.float32)
-    response = str(manifest.params.get("response", "click"))
     weights = list(c.position_weights[: c.slots]) or position_weights(model, scorer, c.slots)
+    p = scorer.score(model, rows=scored, reporter=reporter, dtype=np.float32)
+    scorer.forget_coded()  # 0.7 GB at 5M customers, not needed once scored
+    response = str(manifest.params.get("response", "click"))
     p_buy = (
         p
         if response == "purchase"

@@ -127,6 +127,10 @@ class PairScorer:
         self._coded_for, self._coded = model, out
         return out
 
+    def forget_coded(self) -> None:
+        """Drop the coded columns (rebuilt on demand): the batch frees them after scoring."""
+        self._coded_for, self._coded = None, {}
+
     def source(self, name: str) -> str:
         """Where a model feature comes from: ``slot``, ``customer``, ``offer`` or ``history``."""
         if name == "slot":
@@ -256,14 +260,15 @@ class _Walk:
         # own level's columns, the only ones the walk reads of it, so there are no defaults
         # to fill and each value is written once, in place
         hs = [scorer.history[lv] for lv in levels]
-        customer = np.concatenate([h.customer for h in hs]) if hs else np.zeros(0, np.int64)
+        customer = np.concatenate([h.customer for h in hs]) if hs else np.zeros(0, np.int32)
         at_row = np.empty(len(customer), dtype=np.int64)
         at_row[np.argsort(customer, kind="stable")] = np.arange(len(customer))
         ptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(customer, minlength=n), out=ptr[1:])
-        rlevel = np.empty(len(customer), dtype=np.int64)
-        rcode = np.empty(len(customer), dtype=np.int64)
-        RX = np.zeros((len(customer), max([1, *map(len, own)])), dtype=np.float32)
+        del customer
+        rlevel = np.empty(len(at_row), dtype=np.int32)  # 50M rows at 5M customers: narrow
+        rcode = np.empty(len(at_row), dtype=np.int32)
+        RX = np.zeros((len(at_row), max([1, *map(len, own)])), dtype=np.float32)
         vmask_bits = []
         start, offset = 0, 0
         for i, h in enumerate(hs):
@@ -278,6 +283,7 @@ class _Walk:
             vmask_bits.append(bits)
             start += len(h.customer)
             offset += h.n_values
+        del at_row
         vmask = _pack(np.concatenate(vmask_bits) if vmask_bits else np.zeros((1, m), bool), words)
         # per node: the offers going left at an offer split, the default's side at a history one
         node_kind = kind[forest.feature]
@@ -351,7 +357,10 @@ def pair_scorer(
     with ThreadPoolExecutor(1, thread_name_prefix="pair-history") as pool:
         counted = pool.submit(count)
         people = parts.customers.join(keys, "customer_id").order_by("_row")
-        customers = people.to_pyarrow().to_pandas().drop(columns="_row")
+        table = people.to_pyarrow()
+        # each column freed as it is converted: at 5M customers Arrow's copy is 1.7 GB
+        customers = table.to_pandas(self_destruct=True, split_blocks=True).drop(columns="_row")
+        del table
         per_level = counted.result()
     if len(customers) != n:
         missing = sorted(set(customer_ids) - set(customers.customer_id))
