@@ -15,6 +15,7 @@ import pytest
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
 from nextbest.decide import decide, explain, holdout_mask, load_campaign, parse_campaign
+from nextbest.decide.batch import levers, value_parts
 from nextbest.decide.scoring import pair_scorer
 from nextbest.errors import ConfigError, InfeasibleError
 from nextbest.features.decision_features import offer_customer_features
@@ -113,6 +114,27 @@ def test_decisions_keep_every_promise(shop: Workspace, daily) -> None:
     # files for the e-mail service and the summary
     slates = pd.read_csv(daily.paths["slates"])
     assert len(slates) == len(sent) and set(slates.decision_id) == set(sent.decision_id)
+
+
+def test_the_gross_read_at_pairs_is_the_whole_matrix_bit_for_bit(daily) -> None:
+    """The plan keeps profit's gross as lever x units x margin read at pairs (ScaledPairs);
+    what it reads is what value_parts computes whole, and value is that gross less cost."""
+    plan = daily.plan
+    spec = parse_campaign(CAMPAIGN)
+    offers = plan.inputs.offers
+    w = float(np.mean(plan.inputs.position_weights))
+    buy, gross, cost, value = value_parts(spec, offers, plan.inputs.p_buy, w, levers(spec, offers))
+    assert gross.dtype == np.float32 and gross.shape == plan.parts["gross"].shape
+    np.testing.assert_array_equal(np.asarray(plan.parts["gross"]), gross)
+    rows, cols = np.nonzero(plan.slates >= 0)
+    offer = plan.slates[rows, cols]
+    np.testing.assert_array_equal(plan.parts["gross"][rows, offer], gross[rows, offer])
+    assert plan.parts["gross"][rows[0], offer[0]] == gross[rows[0], offer[0]]
+    np.testing.assert_array_equal(plan.parts["gross"][:, 3], gross[:, 3])
+    np.testing.assert_array_equal(plan.problem.value, value)
+    np.testing.assert_array_equal(plan.parts["p_buy"], buy)
+    np.testing.assert_array_equal(plan.parts["cost"], cost)
+    assert (gross[rows, offer] > 0).all()  # every sale sent earns a margin
 
 
 def test_deciding_a_day_again_adds_nothing_and_a_different_plan_is_refused(
