@@ -117,8 +117,9 @@ def test_decisions_keep_every_promise(shop: Workspace, daily) -> None:
 
 
 def test_the_gross_read_at_pairs_is_the_whole_matrix_bit_for_bit(daily) -> None:
-    """The plan keeps profit's gross as lever x units x margin read at pairs (ScaledPairs);
-    what it reads is what value_parts computes whole, and value is that gross less cost."""
+    """The plan keeps profit's gross as lever x units x margin read at pairs (ScaledPairs),
+    and cost once per offer when no sale has a redemption cost; what it reads is what
+    value_parts computes whole."""
     plan = daily.plan
     spec = parse_campaign(CAMPAIGN)
     offers = plan.inputs.offers
@@ -134,6 +135,8 @@ def test_the_gross_read_at_pairs_is_the_whole_matrix_bit_for_bit(daily) -> None:
     np.testing.assert_array_equal(plan.problem.value, value)
     np.testing.assert_array_equal(plan.parts["p_buy"], buy)
     np.testing.assert_array_equal(plan.parts["cost"], cost)
+    # no sale here has a redemption cost: the problem keeps one cost per offer, not per pair
+    assert plan.problem.cost.shape == (len(offers),)
     assert (gross[rows, offer] > 0).all()  # every sale sent earns a margin
 
 
@@ -195,11 +198,21 @@ def test_objectives_and_rules_change_the_plan(shop: Workspace, daily) -> None:
     spec["campaign"]["name"] = "north"
     spec["campaign"]["eligibility"] = 'region == "north"'
     spec["campaign"]["objective"] = "incremental_margin"
+    first = str(daily.plan.inputs.offers.offer_id.iloc[0])
+    spec["offers"] = {first: {"redemption_cost": 4.0}}
     north = decide(shop, parse_campaign(spec), DAY, log_decisions=False)
     regions = north.plan.inputs.customers.region.to_numpy()
     contacted = (north.plan.slates >= 0).any(axis=1)
     assert contacted.any() and (regions[contacted] == "north").all()
     assert any("campaign.eligibility" in k and v > 0 for k, v in north.summary["excluded"].items())
+    # a redemption cost makes an offer's cost differ by customer: the problem keeps it per pair
+    problem, offers = north.plan.problem, north.plan.inputs.offers
+    assert problem.cost.shape == problem.value.shape
+    unit_cost = offers.unit_cost.fillna(0).to_numpy(np.float32)
+    np.testing.assert_allclose(problem.cost[:, 0], unit_cost[0] + 4.0 * problem.units[:, 0])
+    np.testing.assert_array_equal(
+        problem.cost[:, 1:], np.broadcast_to(unit_cost[1:], (len(problem.cost), len(offers) - 1))
+    )
 
 
 @pytest.mark.parametrize("solver", ["highs", "dualip"])

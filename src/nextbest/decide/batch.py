@@ -180,13 +180,20 @@ def build_problem(
     brands = offers.brand.fillna("").astype(str).to_numpy()
     group = np.unique(brands, return_inverse=True)[1]
     buy, gross, cost = (np.asarray(x, dtype=np.float32) for x in (buy, gross, cost))
+    # without redemption costs an offer costs its customers the same: kept once per offer,
+    # 0.8 GB less at 5M customers x 40 offers (cost is unit cost + buy x 0, the same bits)
+    redemption = offers.redemption_cost.to_numpy(np.float64)
+    per_offer = bool(n) and bool((redemption == 0).all())
+    cost_basis = cost[0].copy() if per_offer else cost
+    if per_offer:
+        cost = np.broadcast_to(cost_basis, (n, m))
     problem = AllocationProblem(
         value=np.asarray(value, dtype=np.float32),
         eligible=inputs.eligible,
         slots=inputs.slots,
         couplings=couplings,
         units=buy,
-        cost=cost,
+        cost=cost_basis,
         offer_ids=offers.offer_id.to_numpy(),
         group=group,
         max_per_group=c.max_per_brand,
