@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from _memory import peak_gb
 
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
@@ -50,18 +50,6 @@ CAMPAIGN = {
         "contact": {"per_week": {"email": 7}},
     }
 }
-
-
-def _peak_gb() -> float:
-    """This process's peak resident memory. On Linux the high-water mark of its own memory
-    (VmHWM): ``ru_maxrss`` of a spawned child starts at its parent's peak, so after the parent
-    simulated and trained a shop it reported the training's 10.6 GB as the decide's."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 class Phases:
@@ -85,7 +73,7 @@ class Phases:
     def _close(self, label: str) -> None:
         now = time.perf_counter()
         if now - self._t > 0.05:
-            self.times.append((label or "reading and setting up", now - self._t, _peak_gb()))
+            self.times.append((label or "reading and setting up", now - self._t, peak_gb()))
         self._t = now
 
 
@@ -97,7 +85,7 @@ def _decide(root: Path, day: datetime, queue: mp.Queue) -> None:
     total = time.perf_counter() - t
     phases.finish()
     s = run.summary
-    peak = _peak_gb()
+    peak = peak_gb()
     # the reference: LightGBM alone on the same pairs of 50,000 members, against our walk
     # of the trees (one per customer for all offers), both to the same probabilities
     inputs = run.plan.inputs

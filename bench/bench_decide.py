@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import time
+
+from _memory import peak_gb
 
 from nextbest.decide.dualip import DualipSolver
 from nextbest.decide.exact import solve_exact
 from nextbest.decide.instances import random_problem
 from nextbest.decide.rounding import round_allocation
 from nextbest.errors import InfeasibleError
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def _sizes(text: str) -> list[int]:
@@ -92,7 +89,7 @@ def _scale(n: int) -> None:
     print(
         f"{n:,} x 40, {len(problem.couplings)} couplings: generate {generated:.1f} s, solve "
         f"{solved:.1f} s ({dual.info['evaluations']} passes), round {rounding:.1f} s, total "
-        f"{total:.1f} s; peak RSS {_peak_gb():.2f} GB (target {target}); reported gap "
+        f"{total:.1f} s; peak RSS {peak_gb():.2f} GB (target {target}); reported gap "
         f"{rounded.info['gap']:.3%}, fractional max violation {dual.info['max_violation']:.2e}, "
         f"rounded violations {problem.violations(rounded) or 'none'}",
         flush=True,

@@ -10,7 +10,6 @@ Usage: python bench/bench_features.py [--customers 1000000] [--events 10000000]
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from _memory import peak_gb
 
 from nextbest.data.workspace import Workspace
 from nextbest.features import customer_features
@@ -36,10 +36,6 @@ TYPES = np.array(
     ]
 )
 WEIGHTS = np.array([0.45, 0.09, 0.01, 0.18, 0.18, 0.04, 0.04, 0.01])
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def main() -> None:
@@ -89,15 +85,13 @@ def main() -> None:
             ),
         )
     as_of = datetime(2026, 1, 15, tzinfo=UTC)
-    print(
-        f"customer 360 benchmark: {n:,} customers, {m:,} events (peak so far {_peak_gb():.2f} GB)"
-    )
+    print(f"customer 360 benchmark: {n:,} customers, {m:,} events (peak so far {peak_gb():.2f} GB)")
     started = time.perf_counter()
     table = customer_features(ws.warehouse, as_of).to_pyarrow()
     took = time.perf_counter() - started
     print(
         f"  nextbest customer_features  {took:7.1f} s   {table.num_rows:,} rows x "
-        f"{table.num_columns} columns   peak RSS {_peak_gb():.2f} GB"
+        f"{table.num_columns} columns   peak RSS {peak_gb():.2f} GB"
     )
     ev = ws.warehouse.table("events").to_pandas()
     started = time.perf_counter()

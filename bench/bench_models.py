@@ -15,7 +15,6 @@ Usage: python bench/bench_models.py [--customers 250000] [--days 12]
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import tempfile
 import time
@@ -23,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightgbm as lgb
+from _memory import peak_gb
 
 from nextbest.data.ingest import ingest
 from nextbest.data.workspace import Workspace
@@ -31,10 +31,6 @@ from nextbest.features.decision_features import decision_days
 from nextbest.models import CalibratedBoostedClassifier, probability_metrics
 from nextbest.models.propensity import feature_columns
 from nextbest.simulate import SimConfig, simulate
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def main() -> None:
@@ -63,7 +59,7 @@ def main() -> None:
         rows = len(train) + len(cal) + len(test)
         print(
             f"decision features: {rows:,} rows x {len(cols)} features in {built:.1f} s "
-            f"({rows / built:,.0f} rows/s), peak RSS {_peak_gb():.2f} GB"
+            f"({rows / built:,.0f} rows/s), peak RSS {peak_gb():.2f} GB"
         )
 
         t = time.perf_counter()
@@ -72,8 +68,7 @@ def main() -> None:
         )
         ours = time.perf_counter() - t
         print(
-            f"propensity training on {len(train):,} rows: {ours:.1f} s, "
-            f"peak RSS {_peak_gb():.2f} GB"
+            f"propensity training on {len(train):,} rows: {ours:.1f} s, peak RSS {peak_gb():.2f} GB"
         )
 
         frame = model._frame(train[cols])
@@ -101,7 +96,7 @@ def main() -> None:
             f"held-out: AUC {m.auc:.4f}, log loss {m.log_loss:.5f}, Brier {m.brier:.5f}, "
             f"ECE {m.ece:.6f}, base rate {m.base_rate:.5f}"
         )
-        print(f"peak RSS {_peak_gb():.2f} GB")
+        print(f"peak RSS {peak_gb():.2f} GB")
         ws.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)

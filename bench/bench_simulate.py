@@ -13,12 +13,13 @@ Usage: python bench/bench_simulate.py [--customers 1000000] [--days 30] [--seed 
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _memory import peak_gb
 
 from nextbest.simulate import SimConfig, simulate
 
@@ -40,10 +41,6 @@ class _DayReporter:
 
     def finish(self) -> None:
         return None
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
 def _size(paths: list[Path]) -> float:
@@ -68,14 +65,14 @@ def main() -> None:
     )
     out = args.keep or Path(tempfile.mkdtemp(prefix="nextbest-bench-sim-")) / "sim"
     print(f"nextbest simulator benchmark: {args.customers:,} customers x {args.days} days")
-    before = _peak_gb()
+    before = peak_gb()
     started = time.perf_counter()
     summary = simulate(config, out, reporter=_DayReporter())
     seconds = time.perf_counter() - started
     data = [p for p in out.iterdir() if p.is_file()]
     truth = [p for p in (out / "truth").iterdir() if p.is_file()]
     print(f"  wall time   {seconds:8.1f} s")
-    print(f"  peak RSS    {_peak_gb():8.2f} GB  (after imports: {before:.2f} GB)")
+    print(f"  peak RSS    {peak_gb():8.2f} GB  (after imports: {before:.2f} GB)")
     for name, rows in summary.rows.items():
         print(f"  {name:<11} {rows:>14,} rows")
     events = summary.rows["events"] + summary.rows["decisions"]
