@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_models.py
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python bench/bench_batch.py --customers 5000000 --keep build/bench-5m
 	$(BIN)/python bench/bench_serve.py
 
 lint: $(STAMP)
