@@ -106,6 +106,8 @@ def _decide(root: Path, day: datetime, queue: mp.Queue) -> None:
 
 def _prepare(root: Path, customers: int, days: int) -> None:
     """Simulate, load, and train the propensity model on the last days."""
+    for left in ("sim", "ws"):  # what a build cut off before its model left behind
+        shutil.rmtree(root / left, ignore_errors=True)
     t = time.perf_counter()
     simulate(SimConfig(n_customers=customers, days=days, seed=5), root / "sim")
     ws = Workspace.init(root / "ws")
